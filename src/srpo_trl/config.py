@@ -1,0 +1,236 @@
+"""SRPOConfig: every knob of SRPO, as `transformers.TrainingArguments`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+# The recipe's control words (tuned for HPSv2.1), cycled by step.
+RECIPE_POSITIVE_WORDS = ["Natural-lighting", "Detail", "Detailed", "Real"]
+RECIPE_NEGATIVE_WORDS = ["Concept art", "Painting", "Anime", "Flat", "Oil"]
+
+
+@dataclass
+class SRPOConfig(TrainingArguments):
+    r"""
+    Configuration class for the [`SRPOTrainer`].
+
+    This class holds only the parameters specific to SRPO; see [`~transformers.TrainingArguments`] for the rest.
+    Defaults follow the published recipe (FLUX.1-dev + HPSv2.1, see `METHOD.md`) where it applies.
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Keyword arguments for `DiffusionPipeline.from_pretrained`, used when the `model` argument of the
+            [`SRPOTrainer`] is a hub id or a path. `torch_dtype` may be a string such as `"bfloat16"`.
+        max_sequence_length (`int`, *optional*, defaults to `512`):
+            Maximum number of T5 tokens per prompt (512 for FLUX.1-dev, 256 for FLUX.1-schnell).
+        transformer_gradient_checkpointing (`bool`, *optional*, defaults to `True`):
+            Recompute the transformer's activations in the backward pass to save memory. The TrainingArguments
+            flag `activation_checkpointing` (or `gradient_checkpointing`) turns this on too.
+        vae_gradient_checkpointing (`bool`, *optional*, defaults to `True`):
+            Recompute the VAE decoder's activations in the backward pass; the recipe notes this "reduces memory
+            greatly".
+
+        > Parameters that control the data
+
+        dataset_prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Column of the dataset that holds the prompts.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Kept `False`: the trainer reads the columns it needs itself.
+
+        > Parameters that control the rollout
+
+        resolution (`int` or `list[int]`, *optional*, defaults to `720`):
+            Training image size: one int for a square, or `[height, width]`. Must be a multiple of the pipeline's
+            latent granularity (16 for FLUX).
+        rollout_steps (`int`, *optional*, defaults to `25`):
+            Euler steps of the gradient-free rollout that produces the clean latent `x0`.
+        rollout_guidance_scale (`float`, *optional*, defaults to `1.0`):
+            Guidance of the rollout (an input of guidance-distilled models, not CFG).
+        time_shift (`float`, *optional*):
+            Static time shift `k` of the rollout and window grids. Defaults to the pipeline scheduler's `shift`
+            (3 for FLUX.1-dev, as the recipe uses).
+
+        > Parameters that control Direct-Align
+
+        train_guidance_scale (`float`, *optional*, defaults to `3.5`):
+            Guidance passed to the transformer in the two training calls.
+        window_grid_steps (`int`, *optional*, defaults to `50`):
+            Steps of the shifted grid `S` that the training window is cut from.
+        window_start_index (`int`, *optional*, defaults to `5`):
+            The window starts (noisiest level) at `S[window_start_index]` (about 0.964 in the recipe).
+        window_end_index (`int`, *optional*, defaults to `25`):
+            The window ends (least noisy level) at `S[window_end_index]` (0.75 in the recipe).
+        num_levels (`int`, *optional*, defaults to `1000`):
+            Number of levels `L` the window is discretised into.
+        rho (`float`, *optional*, defaults to `0.9`):
+            Gap parameter in (0, 1): the denoise step spans `K = min(int((1 - rho) L) + 1, L - m, m)` levels.
+        denoise_discount (`list[float]`, *optional*, defaults to `[0.10, 0.25]`):
+            SRP `k` of the denoise branch, a linear ramp over the `L` levels (PickScore recipe: `[0.1, 0.5]`).
+        inversion_discount (`list[float]`, *optional*, defaults to `[0.30, 0.01]`):
+            SRP `k` of the inversion branch, a linear ramp over the `L` levels (PickScore recipe: `[0.6, 0.01]`).
+        use_inversion_branch (`bool`, *optional*, defaults to `True`):
+            Train the inversion branch (control words swapped), the regulariser against reward hacking. Without
+            it, a small negative early `denoise_discount` is the authors' suggested substitute.
+        hinge_threshold (`float`, *optional*, defaults to `0.7`):
+            `tau` of the per-branch loss `relu(tau - R) / 2`.
+
+        > Parameters that control the reward
+
+        positive_control_words (`list[str]`, *optional*, defaults to the recipe's):
+            Words put before the prompt for the reward's positive text, cycled by step:
+            `["Natural-lighting", "Detail", "Detailed", "Real"]`.
+        negative_control_words (`list[str]`, *optional*, defaults to the recipe's):
+            Words for the negative text, cycled by step: `["Concept art", "Painting", "Anime", "Flat", "Oil"]`.
+        reward_weights (`list[float]`, *optional*):
+            Weight of each reward function; all `1.0` when unset.
+
+    Defaults that differ from [`~transformers.TrainingArguments`] (the recipe's): `learning_rate=5e-6`,
+    `weight_decay=1e-4`, `lr_scheduler_type="constant"`, `max_grad_norm=0.1`, `per_device_train_batch_size=1`,
+    `logging_steps=10`, `remove_unused_columns=False`, and `bf16` on when CUDA is available (unless `fp16`).
+    """
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `DiffusionPipeline.from_pretrained` when `model` is a string."},
+    )
+    max_sequence_length: int = field(default=512, metadata={"help": "Maximum T5 tokens per prompt."})
+    transformer_gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Gradient checkpointing in the transformer."}
+    )
+    vae_gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Gradient checkpointing in the VAE decoder."}
+    )
+
+    # Data
+    dataset_prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompts."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the trainer reads the columns it needs itself."}
+    )
+
+    # Rollout
+    resolution: list[int] = field(
+        default_factory=lambda: [720],
+        metadata={"help": "Training image size: one int for a square, or height and width.", "nargs": "+"},
+    )
+    rollout_steps: int = field(default=25, metadata={"help": "Euler steps of the gradient-free rollout."})
+    rollout_guidance_scale: float = field(default=1.0, metadata={"help": "Guidance of the rollout."})
+    time_shift: float | None = field(
+        default=None, metadata={"help": "Static time shift k; defaults to the scheduler config's `shift`."}
+    )
+
+    # Direct-Align
+    train_guidance_scale: float = field(default=3.5, metadata={"help": "Guidance in the two training calls."})
+    window_grid_steps: int = field(default=50, metadata={"help": "Steps of the grid the window is cut from."})
+    window_start_index: int = field(default=5, metadata={"help": "Window start (noisiest) index on the grid."})
+    window_end_index: int = field(default=25, metadata={"help": "Window end (least noisy) index on the grid."})
+    num_levels: int = field(default=1000, metadata={"help": "Number of levels L in the window."})
+    rho: float = field(default=0.9, metadata={"help": "Gap parameter in (0, 1)."})
+    denoise_discount: list[float] = field(
+        default_factory=lambda: [0.10, 0.25], metadata={"help": "SRP k ramp of the denoise branch (start, end)."}
+    )
+    inversion_discount: list[float] = field(
+        default_factory=lambda: [0.30, 0.01], metadata={"help": "SRP k ramp of the inversion branch (start, end)."}
+    )
+    use_inversion_branch: bool = field(default=True, metadata={"help": "Train the inversion branch too."})
+    hinge_threshold: float = field(default=0.7, metadata={"help": "tau of the loss relu(tau - R) / 2."})
+
+    # Reward
+    positive_control_words: list[str] = field(
+        default_factory=lambda: list(RECIPE_POSITIVE_WORDS),
+        metadata={"help": "Positive control words, cycled by step."},
+    )
+    negative_control_words: list[str] = field(
+        default_factory=lambda: list(RECIPE_NEGATIVE_WORDS),
+        metadata={"help": "Negative control words, cycled by step."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weight of each reward function; all 1.0 when unset."}
+    )
+
+    # TrainingArguments defaults replaced by the recipe's.
+    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate (recipe: 5e-6)."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay (recipe: 1e-4)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule."})
+    max_grad_norm: float = field(default=0.1, metadata={"help": "Gradient clipping max norm (recipe: 0.1)."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Prompts per device per step."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision; defaults to True when CUDA is available and fp16 is off."},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and not self.fp16
+        if isinstance(self.model_init_kwargs, str):
+            self.model_init_kwargs = json.loads(self.model_init_kwargs)
+        self._validate_srpo_fields()
+        super().__post_init__()
+        # The Trainer would call `gradient_checkpointing_enable` on the model, which diffusers models lack:
+        # route the generic flag to the transformer's own switch instead.
+        if self.activation_checkpointing:
+            self.transformer_gradient_checkpointing = True
+            self.activation_checkpointing = self.gradient_checkpointing = False
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """`(height, width)` from `resolution`."""
+        res = self.resolution
+        if isinstance(res, int):
+            return res, res
+        res = list(res)
+        return (res[0], res[0]) if len(res) == 1 else (res[0], res[1])
+
+    def _validate_srpo_fields(self) -> None:
+        def fail(name, value, valid):
+            raise ValueError(f"SRPOConfig.{name}={value!r} is invalid: {valid}")
+
+        res = self.resolution
+        if isinstance(res, (tuple, list)):
+            if len(res) not in (1, 2) or not all(isinstance(v, int) for v in res):
+                fail("resolution", res, "expected an int or [height, width] of ints")
+            self.resolution = list(res)
+        elif not isinstance(res, int):
+            fail("resolution", res, "expected an int or [height, width] of ints")
+        if min(self.image_size) <= 0:
+            fail("resolution", res, "sizes must be positive")
+        if self.rollout_steps < 1:
+            fail("rollout_steps", self.rollout_steps, "must be at least 1")
+        if self.time_shift is not None and self.time_shift <= 0:
+            fail("time_shift", self.time_shift, "must be positive")
+        if not 0 <= self.window_start_index < self.window_end_index <= self.window_grid_steps:
+            fail(
+                "window_start_index/window_end_index",
+                (self.window_start_index, self.window_end_index),
+                f"need 0 <= start < end <= window_grid_steps ({self.window_grid_steps})",
+            )
+        if self.num_levels < 11:
+            fail("num_levels", self.num_levels, "must be at least 11 (m is drawn from [5, L - 5])")
+        if not 0 < self.rho < 1:
+            fail("rho", self.rho, "must be in the open interval (0, 1)")
+        for name in ("denoise_discount", "inversion_discount"):
+            value = getattr(self, name)
+            if len(value) != 2:
+                fail(name, value, "expected [start, end]")
+            setattr(self, name, [float(v) for v in value])
+        if self.learning_rate <= 0:
+            fail("learning_rate", self.learning_rate, "must be positive")
+        if self.max_sequence_length < 1:
+            fail("max_sequence_length", self.max_sequence_length, "must be at least 1")
+        for name in ("positive_control_words", "negative_control_words"):
+            words = getattr(self, name)
+            if isinstance(words, str):
+                fail(name, words, "expected a list of words, not one string")
+            # Emptiness is checked by the trainer: image-only rewards need no control words.
+            if not all(isinstance(w, str) and w.strip() for w in words):
+                fail(name, words, "expected a list of non-empty strings")
+        if self.reward_weights is not None:
+            self.reward_weights = [float(w) for w in self.reward_weights]

@@ -1,0 +1,132 @@
+"""Model cards for SRPO results: TRL-style metadata plus a diffusers loading snippet."""
+
+from __future__ import annotations
+
+import os
+
+from huggingface_hub import ModelCard, ModelCardData
+
+CITATION = """@article{shen2025srpo,
+  title   = {Directly Aligning the Full Diffusion Trajectory with Fine-Grained Human Preference},
+  author  = {Shen, Xiangwei and Li, Zhimin and Yang, Zhantao and Zhang, Shiyi and Zhang, Yingfang and Li, Donghao and Wang, Chunyu and Lu, Qinglin and Tang, Yansong},
+  journal = {arXiv preprint arXiv:2509.06942},
+  year    = {2025}
+}"""
+
+TAGS = ["srpo", "trl", "diffusers", "flux", "text-to-image"]
+
+# Licences of well-known bases, used when the base's own card cannot be read (offline).
+KNOWN_LICENSES: dict[str, dict[str, str]] = {
+    "black-forest-labs/FLUX.1-dev": {
+        "license": "other",
+        "license_name": "flux-1-dev-non-commercial-license",
+        "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md",
+    },
+    "black-forest-labs/FLUX.1-Krea-dev": {
+        "license": "other",
+        "license_name": "flux-1-dev-non-commercial-license",
+        "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-Krea-dev/blob/main/LICENSE.md",
+    },
+    "black-forest-labs/FLUX.1-schnell": {"license": "apache-2.0"},
+}
+
+FLUX_DEV_NOTICE = (
+    "FLUX.1 [dev] is licensed by Black Forest Labs Inc. under the FLUX.1 [dev] Non-Commercial License. "
+    "Copyright Black Forest Labs Inc. IN NO EVENT SHALL BLACK FOREST LABS INC. BE LIABLE FOR ANY CLAIM, DAMAGES "
+    "OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN "
+    "CONNECTION WITH USE OF THIS MODEL."
+)
+
+
+def base_model_license(base_model: str | None) -> dict[str, str]:
+    """Licence metadata of the base: from a local base folder's card, else from the known list."""
+    if not base_model:
+        return {}
+    card_path = os.path.join(base_model, "README.md")
+    if os.path.isfile(card_path):
+        data = ModelCard.load(card_path).data.to_dict()
+        return {k: data[k] for k in ("license", "license_name", "license_link") if data.get(k)}
+    return dict(KNOWN_LICENSES.get(base_model, {}))
+
+
+def _loading_snippet(base_model: str, repo_or_dir: str, lora: bool, pipeline_class: str) -> str:
+    prompt_line = 'image = pipe("a portrait photo of an old fisherman", guidance_scale=3.5).images[0]'
+    if lora:
+        return f"""import torch
+from diffusers import {pipeline_class}
+
+pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype=torch.bfloat16).to("cuda")
+pipe.load_lora_weights("{repo_or_dir}")
+{prompt_line}"""
+    return f"""import torch
+from diffusers import {pipeline_class}, FluxTransformer2DModel
+
+transformer = FluxTransformer2DModel.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype=torch.bfloat16)
+pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, torch_dtype=torch.bfloat16).to("cuda")
+{prompt_line}"""
+
+
+def build_model_card(
+    *,
+    base_model: str | None,
+    lora: bool,
+    repo_or_dir: str,
+    training_summary: dict[str, object],
+    pipeline_class: str = "FluxPipeline",
+    reward_names: list[str] | None = None,
+) -> ModelCard:
+    """A model card for an SRPO result.
+
+    Args:
+        base_model: hub id or path of the base pipeline (`None` when unknown, e.g. built in code).
+        lora: whether the result is a LoRA (else a full `transformer/`).
+        repo_or_dir: where users load the result from (hub repo id or output folder).
+        training_summary: config values shown in the card's table.
+        pipeline_class: the diffusers pipeline class that loads the result.
+        reward_names: names of the reward functions used.
+    """
+    license_meta = base_model_license(base_model)
+    is_hub_id = bool(base_model) and not os.path.isdir(base_model)
+    data = ModelCardData(
+        base_model=base_model if is_hub_id else None,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=TAGS + (["lora"] if lora else []),
+        **license_meta,
+    )
+    base = base_model or "<base model>"
+    kind = "a LoRA" if lora else "a full fine-tune of the transformer"
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in training_summary.items())
+    notice = ""
+    if license_meta.get("license_name") == "flux-1-dev-non-commercial-license":
+        notice = f"\n## License\n\n{FLUX_DEV_NOTICE}\n"
+    rewards = ", ".join(f"`{n}`" for n in (reward_names or [])) or "not recorded"
+    content = f"""---
+{data.to_yaml()}
+---
+
+# {os.path.basename(os.path.normpath(repo_or_dir))}
+
+This is {kind} of [{base}]({base}) trained with **SRPO** (Semantic Relative Preference Optimization
+with Direct-Align, [arXiv 2509.06942](https://huggingface.co/papers/2509.06942)) using
+[srpo-trl](https://github.com/srpo-trl/srpo-trl). Reward functions: {rewards}.
+
+## Use it with diffusers
+
+```python
+{_loading_snippet(base, repo_or_dir, lora, pipeline_class)}
+```
+
+## Training configuration
+
+| setting | value |
+| --- | --- |
+{rows}
+{notice}
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(content)

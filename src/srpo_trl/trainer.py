@@ -1,0 +1,391 @@
+"""SRPOTrainer: Direct-Align + Semantic Relative Preference as a `transformers.Trainer`."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from . import direct_align
+from .config import SRPOConfig
+from .hub import build_model_card
+from .models import get_adapter
+from .rewards import Reward, as_reward, load_reward
+
+RewardLike = Reward | Callable | str
+
+
+def load_pipeline(model, model_init_kwargs: dict | None):
+    """A diffusers pipeline object as is, or one loaded from a hub id / local path."""
+    if not isinstance(model, str):
+        return model
+    from diffusers import DiffusionPipeline
+
+    kwargs = dict(model_init_kwargs or {})
+    dtype = kwargs.get("torch_dtype")
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["torch_dtype"] = getattr(torch, dtype)
+    return DiffusionPipeline.from_pretrained(model, **kwargs)
+
+
+def _check_lora_targets(module: nn.Module, peft_config) -> None:
+    """Fail early when a LoRA `target_modules` list matches no module of the transformer."""
+    targets = getattr(peft_config, "target_modules", None)
+    if targets is None or isinstance(targets, str):  # None: peft's defaults; str: a regex
+        return
+    names = [name for name, _ in module.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if len(missing) == len(list(targets)):
+        raise ValueError(
+            f"peft_config.target_modules={sorted(targets)!r} matches no module of the transformer; "
+            f"examples of valid names: {names[1:6]}"
+        )
+
+
+class SRPOTrainer(Trainer):
+    """Trainer for SRPO (Shen et al., 2025): Direct-Align with Semantic Relative Preference rewards.
+
+    Args:
+        model (`DiffusionPipeline` or `str`):
+            A diffusers pipeline of a supported family (`FluxPipeline`), or a hub id / local path loaded with
+            `DiffusionPipeline.from_pretrained(**args.model_init_kwargs)`. Only its transformer trains.
+        reward_funcs (`Reward`, callable, `str`, or a list of them):
+            Rewards to maximise. A callable `fn(images, prompts) -> Tensor[B]` gets float images `[B, 3, H, W]`
+            in [0, 1] and must be differentiable in them; a [`~srpo_trl.rewards.CLIPReward`] scores CLIP
+            embeddings; a string is a local folder holding a transformers CLIP model.
+        args ([`SRPOConfig`], *optional*): configuration; defaults to `SRPOConfig("<model>-SRPO")`.
+        train_dataset (`datasets.Dataset` or `IterableDataset`): prompts, in `args.dataset_prompt_column`.
+        eval_dataset (`datasets.Dataset`, *optional*): held-out prompts for [`evaluate`].
+        callbacks (`list[TrainerCallback]`, *optional*): extra Trainer callbacks.
+        optimizers (`tuple`, *optional*): `(optimizer, lr_scheduler)`; AdamW and the config's schedule by default.
+        peft_config (`peft.LoraConfig`, *optional*): train a LoRA instead of the full transformer.
+    """
+
+    _tag_names = ["trl", "srpo", "diffusers", "flux", "text-to-image"]
+    _name = "SRPO"
+    _paper = {
+        "title": "Directly Aligning the Full Diffusion Trajectory with Fine-Grained Human Preference",
+        "id": "2509.06942",
+    }
+
+    def __init__(
+        self,
+        model,
+        reward_funcs: RewardLike | Sequence[RewardLike],
+        args: SRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else "flux"
+            args = SRPOConfig(f"{name.split('/')[-1]}-SRPO")
+        if not isinstance(args, SRPOConfig):
+            raise TypeError(f"args: expected an SRPOConfig, got {type(args).__name__}")
+
+        # Everything that can be checked without models is checked first.
+        self.rewards = self._resolve_rewards(reward_funcs, args)
+        weights = args.reward_weights or [1.0] * len(self.rewards)
+        if len(weights) != len(self.rewards):
+            raise ValueError(
+                f"SRPOConfig.reward_weights has {len(weights)} values but there are {len(self.rewards)} "
+                "reward functions; give one weight per reward function"
+            )
+        self.reward_weights = weights
+        if any(r.text_conditioned for r in self.rewards):
+            for field_name in ("positive_control_words", "negative_control_words"):
+                if not getattr(args, field_name):
+                    raise ValueError(
+                        f"SRPOConfig.{field_name} is empty, but a text-conditioned reward is in use; give at least "
+                        "one word (e.g. the recipe's)"
+                    )
+
+        self.pipeline = load_pipeline(model, args.model_init_kwargs)
+        self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
+        self.height, self.width = args.image_size
+        g = self.adapter.latent_granularity
+        if self.height % g or self.width % g:
+            raise ValueError(
+                f"SRPOConfig.resolution={args.resolution!r} is invalid: height and width must be multiples of "
+                f"{g} for this pipeline"
+            )
+        shift = args.time_shift or self.adapter.default_time_shift(self.height, self.width)
+        self.rollout_sigmas = direct_align.shifted_grid(args.rollout_steps, shift).float()
+        self.window = direct_align.TrainingWindow(
+            grid_steps=args.window_grid_steps,
+            start_index=args.window_start_index,
+            end_index=args.window_end_index,
+            shift=shift,
+            num_levels=args.num_levels,
+            rho=args.rho,
+            denoise_discount=tuple(args.denoise_discount),
+            inversion_discount=tuple(args.inversion_discount),
+        )
+
+        transformer = self._prepare_trainable(args, peft_config)
+        self.peft_config = peft_config
+        super().__init__(
+            model=transformer,
+            args=args,
+            data_collator=self._collate,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self._move_frozen_parts(self.accelerator.device)
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _resolve_rewards(reward_funcs, args: SRPOConfig) -> list[Reward]:
+        if reward_funcs is None:
+            raise ValueError("reward_funcs: give at least one reward function")
+        if isinstance(reward_funcs, (str, Reward)) or callable(reward_funcs):
+            reward_funcs = [reward_funcs]
+        rewards = [load_reward(r) if isinstance(r, str) else as_reward(r) for r in reward_funcs]
+        if not rewards:
+            raise ValueError("reward_funcs: give at least one reward function")
+        names = [r.name for r in rewards]
+        for i, r in enumerate(rewards):  # unique metric names
+            if names.count(r.name) > 1:
+                r.name = f"{r.name}_{i}"
+        for r in rewards:
+            r.eval().requires_grad_(False)
+        return rewards
+
+    def _prepare_trainable(self, args: SRPOConfig, peft_config) -> nn.Module:
+        """Freeze every component, then make the transformer (or its LoRA) trainable."""
+        for component in self.pipeline.components.values():
+            if isinstance(component, nn.Module):
+                component.requires_grad_(False).eval()
+        transformer = getattr(self.pipeline, self.adapter.trainable_component)
+        if peft_config is not None:
+            if getattr(peft_config, "target_modules", None) is None:
+                peft_config.target_modules = list(self.adapter.default_lora_target_modules)
+            _check_lora_targets(transformer, peft_config)
+            transformer.add_adapter(peft_config)  # only the LoRA parameters require grad
+        else:
+            transformer.requires_grad_(True)
+        if args.transformer_gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        if args.vae_gradient_checkpointing:
+            self.pipeline.vae.enable_gradient_checkpointing()
+        return transformer
+
+    def _move_frozen_parts(self, device: torch.device) -> None:
+        for name, component in self.pipeline.components.items():
+            if isinstance(component, nn.Module) and name != self.adapter.trainable_component:
+                component.to(device)
+        for reward in self.rewards:
+            reward.to(device)
+
+    def _collate(self, features: list[dict]) -> dict[str, list[str]]:
+        column = self.args.dataset_prompt_column
+        return {"prompt": [f[column] for f in features]}
+
+    # ------------------------------------------------------------ randomness
+
+    def _step_generator(self) -> torch.Generator:
+        """A CPU generator keyed by (seed, step, micro-batch): the same on every rank, and reproducible on resume."""
+        step = self.state.global_step
+        micro = self._noise_key[1] + 1 if self._noise_key[0] == step else 0
+        self._noise_key = (step, micro)
+        seed = int(np.random.SeedSequence([self.args.seed, step, micro]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
+
+    def _control_words(self, step: int) -> tuple[str, str]:
+        pos, neg = self.args.positive_control_words, self.args.negative_control_words
+        return (pos[step % len(pos)] if pos else "", neg[step % len(neg)] if neg else "")
+
+    # -------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def _rollout(self, model, eps, text, guidance_scale: float) -> torch.Tensor:
+        """Clean latents from `eps` along the shifted rollout grid, without gradient."""
+
+        def velocity(x, sigma):
+            return self.adapter.velocity(model, x, sigma, text, guidance_scale, self.height, self.width)
+
+        return direct_align.euler_sample(velocity, eps, self.rollout_sigmas)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
+        """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's sampler."""
+        device = self.accelerator.device
+        text = self.adapter.encode_prompts(list(prompts), device)
+        generator = torch.Generator().manual_seed(seed)
+        eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
+        x0 = self._rollout(self.model, eps, text, self.args.rollout_guidance_scale)
+        return self.adapter.decode(x0, self.height, self.width)
+
+    # ------------------------------------------------------------ train step
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One SRPO sample per prompt: rollout, then the denoise and inversion branches in one batched call."""
+        prompts = inputs["prompt"]
+        batch = len(prompts)
+        device = self.accelerator.device
+        args = self.args
+        generator = self._step_generator()
+
+        # 1. Clean latent x0 from a rollout of the current model, and its noise prior eps.
+        text = self.adapter.encode_prompts(prompts, device)
+        eps = self.adapter.sample_noise(batch, self.height, self.width, generator, device)
+        x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
+
+        # 2. Levels per sample; both branches go through the transformer as one batch.
+        levels = [self.window.levels_for(self.window.sample_m(generator)) for _ in range(batch)]
+        branches = ["denoise", "inversion"] if args.use_inversion_branch else ["denoise"]
+        start = [lv.denoise_from for lv in levels] + [lv.inversion_from for lv in levels]
+        end = [lv.denoise_to for lv in levels] + [lv.inversion_to for lv in levels]
+        n = len(branches)
+        start = torch.tensor(start[: n * batch], device=device)
+        end = torch.tensor(end[: n * batch], device=device)
+        x0_rep, eps_rep = x0.repeat(n, 1, 1), eps.repeat(n, 1, 1)
+        text_rep = {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in text.items()}
+
+        # 3. One Euler step with gradient, exact recovery of x0, decode.
+        x_start = direct_align.add_noise(x0_rep, eps_rep, start)
+        v = self.adapter.velocity(model, x_start, start, text_rep, args.train_guidance_scale, self.height, self.width)
+        x_end = direct_align.euler_step(x_start, v.float(), start, end)
+        images = self.adapter.decode(direct_align.recover_x0(x_end, eps_rep, end), self.height, self.width)
+
+        # 4. SRP reward per branch (control words swapped for the inversion branch) and hinge loss.
+        positive, negative = self._control_words(self.state.global_step)
+        discounts = {
+            "denoise": torch.tensor([lv.denoise_discount for lv in levels], device=device),
+            "inversion": torch.tensor([lv.inversion_discount for lv in levels], device=device),
+        }
+        words = {"denoise": (positive, negative), "inversion": (negative, positive)}
+        loss = torch.zeros((), device=device)
+        for i, branch in enumerate(branches):
+            branch_images = images[i * batch : (i + 1) * batch]
+            total = torch.zeros(batch, device=device)
+            for reward, weight in zip(self.rewards, self.reward_weights):
+                r = reward.srp(branch_images, prompts, *words[branch], discounts[branch]).float()
+                total = total + weight * r
+                self._record(f"rewards/{reward.name}/{branch}", r)
+            branch_loss = direct_align.hinge_loss(total, args.hinge_threshold).mean()
+            loss = loss + branch_loss
+            self._record(f"reward/{branch}", total)
+            self._record(f"loss/{branch}", branch_loss)
+        self._record("levels/m", torch.tensor([float(lv.m) for lv in levels], device=device))
+        self._record("levels/gap", torch.tensor([float(lv.gap) for lv in levels], device=device))
+        self._record("levels/sigma", end[:batch])
+        return loss
+
+    def _record(self, key: str, values: torch.Tensor, mode: str = "train") -> None:
+        """Gather a metric over ranks and keep its mean until the next `log`."""
+        gathered = self.accelerator.gather(values.detach().float().reshape(-1))
+        self._metrics[mode][key].append(gathered.mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs = {**logs, **metrics}
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Mean reward of full rollouts on held-out prompts (fixed noise per batch, so runs compare).
+
+        For each reward: `{prefix}_rewards/{name}/srp`, the SRP score with `k = 0` averaged over the control
+        words, `mean_p f(x, p. prompt) - mean_n f(x, n. prompt)` (plain `f(x)` for image-only rewards), and
+        `{prefix}_rewards/{name}/plain`, `f(x, prompt)`. `{prefix}_reward` is the weighted sum of the SRP scores.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("evaluate: no eval_dataset was given to the trainer or to evaluate()")
+        dataloader = self.get_eval_dataloader(dataset)
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for index, inputs in enumerate(dataloader):
+            prompts = inputs["prompt"]
+            images = self.generate(prompts, seed=self.args.seed + index)
+            with torch.no_grad():
+                total = torch.zeros(len(prompts), device=images.device)
+                for reward, weight in zip(self.rewards, self.reward_weights):
+                    srp = self._eval_srp(reward, images, prompts)
+                    sums[f"rewards/{reward.name}/srp"].append(srp)
+                    sums[f"rewards/{reward.name}/plain"].append(reward.score(images, prompts).float())
+                    total = total + weight * srp
+                sums["reward"].append(total)
+        metrics = {
+            f"{metric_key_prefix}_{k}": self.accelerator.gather_for_metrics(torch.cat(v)).mean().item()
+            for k, v in sums.items()
+        }
+        if was_training:
+            self.model.train()
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _eval_srp(self, reward: Reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if not reward.text_conditioned:
+            return reward.score(images, prompts).float()
+        from .rewards import with_control_word
+
+        def mean_over(words):
+            return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
+
+        return mean_over(self.args.positive_control_words) - mean_over(self.args.negative_control_words)
+
+    # ---------------------------------------------------------------- saving
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write diffusers-loadable weights (LoRA safetensors or `transformer/`) and a model card."""
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        transformer = self.accelerator.unwrap_model(self.model)
+        if self.peft_config is not None:
+            from peft.utils import get_peft_model_state_dict
+
+            self.adapter.save_lora_weights(output_dir, get_peft_model_state_dict(transformer))
+        else:
+            transformer.save_pretrained(os.path.join(output_dir, self.adapter.trainable_component))
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
+
+    def model_card(self, repo_or_dir: str):
+        """The model card of the current result (see [`srpo_trl.hub.build_model_card`])."""
+        args = self.args
+        summary = {
+            "resolution": f"{self.height}x{self.width}",
+            "rollout_steps": args.rollout_steps,
+            "window": f"S[{args.window_start_index}]..S[{args.window_end_index}] of {args.window_grid_steps}",
+            "num_levels": args.num_levels,
+            "rho": args.rho,
+            "denoise_discount": args.denoise_discount,
+            "inversion_discount": args.inversion_discount if args.use_inversion_branch else "off",
+            "hinge_threshold": args.hinge_threshold,
+            "positive_control_words": args.positive_control_words,
+            "negative_control_words": args.negative_control_words,
+            "learning_rate": args.learning_rate,
+            "max_grad_norm": args.max_grad_norm,
+            "steps": self.state.global_step,
+            "lora": repr(self.peft_config.r) if self.peft_config is not None else "no (full fine-tune)",
+        }
+        return build_model_card(
+            base_model=getattr(self.pipeline, "name_or_path", None) or None,
+            lora=self.peft_config is not None,
+            repo_or_dir=repo_or_dir,
+            training_summary=summary,
+            pipeline_class=type(self.pipeline).__name__,
+            reward_names=[r.name for r in self.rewards],
+        )
