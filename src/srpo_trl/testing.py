@@ -15,7 +15,9 @@ import string
 
 import torch
 from tokenizers import Tokenizer
-from tokenizers.models import BPE
+from tokenizers.decoders import Metaspace as MetaspaceDecoder
+from tokenizers.models import Unigram
+from tokenizers.pre_tokenizers import Metaspace
 from transformers import (
     CLIPModel,
     CLIPConfig,
@@ -51,11 +53,15 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
 
 
 def tiny_t5_tokenizer(model_max_length: int = 512) -> T5TokenizerFast:
-    """A character-level `T5TokenizerFast` built from a `tokenizers` BPE model with no merges."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for c in _ALPHABET:
-        vocab.setdefault(c, len(vocab))
-    backend = Tokenizer(BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    """A character-level `T5TokenizerFast` built from a `tokenizers` Unigram model of single characters.
+
+    Unigram, as T5's own tokenizer, so that `save_pretrained` / `from_pretrained` round-trip.
+    """
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581", *dict.fromkeys(_ALPHABET.replace(" ", ""))]
+    backend = Tokenizer(Unigram([(p, -1.0) for p in pieces], unk_id=2))
+    # T5's own word-boundary convention ("\u2581" for spaces), which a reloaded T5Tokenizer also applies.
+    backend.pre_tokenizer = Metaspace(replacement="\u2581", prepend_scheme="always")
+    backend.decoder = MetaspaceDecoder(replacement="\u2581", prepend_scheme="always")
     # Without model_max_length the pipeline's truncation to max_sequence_length overflows.
     return T5TokenizerFast(
         tokenizer_object=backend,

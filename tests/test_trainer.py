@@ -1,0 +1,190 @@
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from srpo_trl import ColorWordReward, SRPOTrainer
+from srpo_trl.demo import demo_pipeline
+
+TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
+HELD_OUT = Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]})
+LORA = dict(r=8, lora_alpha=8, init_lora_weights="gaussian")
+
+
+def _trainable_snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_lora_training_changes_lora_weights_and_raises_held_out_reward(config):
+    args = config(max_steps=40, learning_rate=1e-1, max_grad_norm=1.0, per_device_train_batch_size=2, rollout_steps=6)
+    trainer = SRPOTrainer(
+        model=demo_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN,
+        eval_dataset=HELD_OUT, peft_config=LoraConfig(**LORA),
+    )
+    transformer = trainer.pipeline.transformer
+    before_lora = _trainable_snapshot(transformer)
+    assert before_lora and all("lora" in n for n in before_lora)
+    frozen_before = {n: p.detach().clone() for n, p in transformer.named_parameters() if "lora" not in n}
+    vae_before = [p.detach().clone() for p in trainer.pipeline.vae.parameters()]
+
+    before = trainer.evaluate()["eval_reward"]
+    trainer.train()
+    after = trainer.evaluate()["eval_reward"]
+
+    assert after > before + 0.05, (before, after)
+    after_lora = _trainable_snapshot(transformer)
+    assert any(not torch.equal(before_lora[n], after_lora[n]) for n in before_lora)
+    # Only the LoRA trained: base transformer weights, VAE and text encoders are untouched.
+    assert all(torch.equal(p, frozen_before[n]) for n, p in transformer.named_parameters() if "lora" not in n)
+    assert all(torch.equal(a, b) for a, b in zip(vae_before, trainer.pipeline.vae.parameters()))
+    assert not any(p.requires_grad for p in trainer.pipeline.text_encoder_2.parameters())
+
+    logged = {k for row in trainer.state.log_history for k in row}
+    for key in ["loss", "grad_norm", "reward/denoise", "reward/inversion", "rewards/color/denoise",
+                "rewards/color/inversion", "loss/denoise", "loss/inversion", "levels/m", "levels/gap", "levels/sigma"]:
+        assert key in logged, key
+
+
+def test_full_fine_tuning_updates_the_transformer_and_raises_reward(config):
+    args = config(max_steps=60, learning_rate=3e-3, max_grad_norm=1.0, per_device_train_batch_size=2, rollout_steps=6)
+    trainer = SRPOTrainer(
+        model=demo_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN, eval_dataset=HELD_OUT
+    )
+    transformer = trainer.pipeline.transformer
+    assert all(p.requires_grad for p in transformer.parameters())
+    weights_before = _trainable_snapshot(transformer)
+    before = trainer.evaluate()["eval_reward"]
+    trainer.train()
+    after = trainer.evaluate()["eval_reward"]
+    assert after > before + 0.05, (before, after)
+    changed = [n for n, p in transformer.named_parameters() if not torch.equal(p, weights_before[n])]
+    assert len(changed) > len(weights_before) // 2
+
+
+def test_inversion_branch_can_be_switched_off(tiny_pipe, config):
+    trainer = SRPOTrainer(tiny_pipe, ColorWordReward(), args=config(max_steps=2, use_inversion_branch=False), train_dataset=TRAIN)
+    trainer.train()
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert "reward/denoise" in logged and "reward/inversion" not in logged
+
+
+def test_several_weighted_rewards_and_a_clip_reward(tiny_pipe, config):
+    from srpo_trl.testing import tiny_clip_reward
+
+    def brightness(images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+    trainer = SRPOTrainer(
+        tiny_pipe, [ColorWordReward(), tiny_clip_reward(), brightness], args=config(max_steps=2, reward_weights=[1.0, 0.5, 0.1]),
+        train_dataset=TRAIN, peft_config=LoraConfig(**LORA),
+    )
+    trainer.train()
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert {"rewards/color/denoise", "rewards/clip/denoise", "rewards/brightness/inversion"} <= logged
+
+
+def _stock_images(pipe, prompts, seed=0):
+    return pipe(
+        prompts, height=64, width=64, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=32,
+        output_type="pt", generator=torch.Generator().manual_seed(seed),
+    ).images
+
+
+def test_lora_save_loads_into_a_fresh_stock_flux_pipeline(config, tmp_path):
+    from diffusers import FluxPipeline
+
+    args = config(max_steps=10, learning_rate=3e-3, output_dir=str(tmp_path / "lora"))
+    trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=LoraConfig(**LORA))
+    trainer.train()
+    trainer.save_model()
+    files = set(os.listdir(args.output_dir))
+    assert {"pytorch_lora_weights.safetensors", "README.md"} <= files
+
+    prompts = ["a bird", "a tree"]
+    trained = _stock_images(trainer.pipeline, prompts)
+    fresh = demo_pipeline(0)
+    assert isinstance(fresh, FluxPipeline)
+    base = _stock_images(fresh, prompts)
+    fresh.load_lora_weights(args.output_dir)
+    loaded = _stock_images(fresh, prompts)
+    assert (loaded - base).abs().max() > 1e-2
+    torch.testing.assert_close(loaded, trained, atol=1e-4, rtol=0)
+
+
+def test_full_save_loads_with_from_pretrained(config, tmp_path):
+    from diffusers import FluxTransformer2DModel
+
+    args = config(max_steps=5, learning_rate=1e-3, output_dir=str(tmp_path / "full"))
+    trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN)
+    trainer.train()
+    trainer.save_model()
+    prompts = ["a bird"]
+    trained = _stock_images(trainer.pipeline, prompts)
+    fresh = demo_pipeline(0)
+    base = _stock_images(fresh, prompts)
+    fresh.transformer = FluxTransformer2DModel.from_pretrained(os.path.join(args.output_dir, "transformer"))
+    loaded = _stock_images(fresh, prompts)
+    assert (loaded - base).abs().max() > 1e-2
+    torch.testing.assert_close(loaded, trained, atol=1e-4, rtol=0)
+
+
+def test_model_and_reward_from_local_paths(tiny_pipe, config, tmp_path):
+    from srpo_trl.testing import tiny_clip_model
+
+    pipe_dir, clip_dir = tmp_path / "pipe", tmp_path / "clip"
+    tiny_pipe.save_pretrained(pipe_dir)
+    model, tokenizer = tiny_clip_model()
+    model.save_pretrained(clip_dir)
+    tokenizer.save_pretrained(clip_dir)
+    trainer = SRPOTrainer(
+        str(pipe_dir), str(clip_dir), args=config(max_steps=1, model_init_kwargs={"torch_dtype": "float32"}),
+        train_dataset=TRAIN, peft_config=LoraConfig(**LORA),
+    )
+    assert trainer.pipeline.transformer.dtype == torch.float32
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_stock_sampler_and_adapter_agree(tiny_pipe):
+    """Packing, positional ids, timestep and guidance conventions match diffusers' own FluxPipeline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from srpo_trl import direct_align
+    from srpo_trl.models import get_adapter
+
+    tiny_pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    prompts = ["a bird", "a red tree"]
+    stock = _stock_images(tiny_pipe, prompts, seed=3)
+    adapter = get_adapter(tiny_pipe, max_sequence_length=32)
+    text = adapter.encode_prompts(prompts, torch.device("cpu"))
+    eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
+    x0 = direct_align.euler_sample(
+        lambda x, s: adapter.velocity(tiny_pipe.transformer, x, s, text, 3.5, 64, 64), eps, direct_align.shifted_grid(4, 3.0).float()
+    )
+    ours = adapter.decode(x0, 64, 64)
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, fragment",
+    [
+        (dict(resolution=72), ValueError, "resolution"),
+        (dict(reward_weights=[1.0, 2.0]), ValueError, "reward_weights"),
+        (dict(positive_control_words=[]), ValueError, "positive_control_words"),
+    ],
+)
+def test_bad_trainer_inputs_fail_early(tiny_pipe, config, kwargs, error, fragment):
+    with pytest.raises(error, match=fragment):
+        SRPOTrainer(tiny_pipe, ColorWordReward(), args=config(**kwargs), train_dataset=TRAIN)
+
+
+def test_unsupported_pipeline_and_bad_lora_targets(tiny_pipe, config):
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        SRPOTrainer(object(), ColorWordReward(), args=config(), train_dataset=TRAIN)
+    with pytest.raises(ValueError, match="target_modules"):
+        SRPOTrainer(tiny_pipe, ColorWordReward(), args=config(), train_dataset=TRAIN,
+                    peft_config=LoraConfig(r=4, target_modules=["no_such_layer"]))
+    with pytest.raises(TypeError, match="reward_funcs"):
+        SRPOTrainer(tiny_pipe, [42], args=config(), train_dataset=TRAIN)
