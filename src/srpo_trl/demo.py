@@ -72,7 +72,7 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         positive_control_words=[POSITIVE_WORD],
         negative_control_words=[NEGATIVE_WORD],
         per_device_train_batch_size=2,
-        learning_rate=3e-3,  # a tiny LoRA on a tiny model: far above the recipe's 5e-6 for FLUX.1-dev
+        learning_rate=1e-2,  # a tiny LoRA on a tiny model: far above the recipe's 5e-6 for FLUX.1-dev
         max_grad_norm=1.0,
         logging_steps=10,
         eval_strategy="steps",

@@ -19,8 +19,8 @@ from tokenizers.decoders import Metaspace as MetaspaceDecoder
 from tokenizers.models import Unigram
 from tokenizers.pre_tokenizers import Metaspace
 from transformers import (
-    CLIPModel,
     CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,

@@ -1,0 +1,49 @@
+"""Train a FLUX.1 pipeline with SRPO.
+
+    python examples/train_srpo.py --model_name_or_path black-forest-labs/FLUX.1-dev \
+        --dataset_name prompts.txt --reward_model path/to/clip --output_dir flux-srpo --use_lora
+    accelerate launch examples/train_srpo.py --config recipe.yaml
+
+Any `SRPOConfig` field is a flag too (`--rho 0.8`, `--resolution 720`, `--max_steps 200`, ...).
+"""
+
+from dataclasses import dataclass, field
+
+from datasets import load_dataset
+from peft import LoraConfig
+from trl import TrlParser
+
+from srpo_trl import SRPOConfig, SRPOTrainer
+
+
+@dataclass
+class ScriptArguments:
+    model_name_or_path: str = field(metadata={"help": "Hub id or local path of a FluxPipeline."})
+    dataset_name: str = field(metadata={"help": "Hub dataset id, or a local .txt file with one prompt per line."})
+    reward_model: str = field(metadata={"help": "Local folder holding a transformers CLIP model and tokenizer."})
+    dataset_split: str = field(default="train", metadata={"help": "Dataset split to train on."})
+    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA instead of the full transformer."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+
+
+def main():
+    script_args, training_args = TrlParser((ScriptArguments, SRPOConfig)).parse_args_and_config()
+    if script_args.dataset_name.endswith(".txt"):
+        dataset = load_dataset("text", data_files=script_args.dataset_name)["train"].rename_column("text", "prompt")
+    else:
+        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+    peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha) if script_args.use_lora else None
+    trainer = SRPOTrainer(
+        model=script_args.model_name_or_path,
+        reward_funcs=script_args.reward_model,
+        args=training_args,
+        train_dataset=dataset,
+        peft_config=peft_config,
+    )
+    trainer.train()
+    trainer.save_model(training_args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+import os
+
+from huggingface_hub import ModelCard
+
+from srpo_trl.cli import main
+from srpo_trl.hub import build_model_card
+
+
+def test_demo_cli_writes_artefacts_and_raises_reward(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output_dir", str(out), "--max_steps", "40"]) == 0
+    printed = capsys.readouterr().out
+    for name in ["pytorch_lora_weights.safetensors", "README.md", "before_after.png", "reward_curve.png"]:
+        assert (out / name).is_file(), name
+        assert str(out / name) in printed
+    line = next(row for row in printed.splitlines() if row.startswith("held-out SRP reward"))
+    before = float(line.split("before ")[1].split(",")[0])
+    after = float(line.split("after ")[1].split(" ")[0])
+    assert after > before
+
+
+def test_model_card_for_flux_dev_lora_carries_licence_and_metadata(tmp_path):
+    card = build_model_card(
+        base_model="black-forest-labs/FLUX.1-dev", lora=True, repo_or_dir="me/flux-srpo",
+        training_summary={"rho": 0.9}, reward_names=["hpsv2.1"],
+    )
+    path = tmp_path / "README.md"
+    card.save(path)
+    loaded = ModelCard.load(path)
+    data = loaded.data.to_dict()
+    assert data["base_model"] == "black-forest-labs/FLUX.1-dev"
+    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "text-to-image"
+    assert {"srpo", "trl", "diffusers", "flux", "text-to-image", "lora"} <= set(data["tags"])
+    assert data["license"] == "other" and data["license_name"] == "flux-1-dev-non-commercial-license"
+    assert "Non-Commercial License" in loaded.text and "2509.06942" in loaded.text
+    assert 'pipe.load_lora_weights("me/flux-srpo")' in loaded.text
+
+
+def test_model_card_reads_a_local_base_licence_and_full_fine_tune_snippet(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    card = build_model_card(base_model=str(base), lora=False, repo_or_dir=str(tmp_path / "out"), training_summary={})
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and "lora" not in data["tags"]
+    assert "FluxTransformer2DModel.from_pretrained" in card.text and os.fspath(base) in card.text
