@@ -67,7 +67,19 @@ def test_hf_argument_parser_parses_srpo_fields(tmp_path):
     from transformers import HfArgumentParser
 
     (c,) = HfArgumentParser(SRPOConfig).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--resolution", "48", "80", "--rho", "0.8",
-         "--positive_control_words", "Real", "Detail", "--report_to", "none"]
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--resolution",
+            "48",
+            "80",
+            "--rho",
+            "0.8",
+            "--positive_control_words",
+            "Real",
+            "Detail",
+            "--report_to",
+            "none",
+        ]
     )
     assert c.image_size == (48, 80) and c.rho == 0.8 and c.positive_control_words == ["Real", "Detail"]

@@ -21,8 +21,11 @@ def test_demo_cli_writes_artefacts_and_raises_reward(tmp_path, capsys):
 
 def test_model_card_for_flux_dev_lora_carries_licence_and_metadata(tmp_path):
     card = build_model_card(
-        base_model="black-forest-labs/FLUX.1-dev", lora=True, repo_or_dir="me/flux-srpo",
-        training_summary={"rho": 0.9}, reward_names=["hpsv2.1"],
+        base_model="black-forest-labs/FLUX.1-dev",
+        lora=True,
+        repo_or_dir="me/flux-srpo",
+        training_summary={"rho": 0.9},
+        reward_names=["hpsv2.1"],
     )
     path = tmp_path / "README.md"
     card.save(path)

@@ -29,8 +29,20 @@ def test_window_levels_and_discounts_follow_the_recipe():
 
 @pytest.mark.parametrize(
     "m, gap",
-    [(5, 5), (50, 50), (99, 99), (100, 100), (101, 100), (120, 100), (400, 100), (899, 100), (900, 100),
-     (901, 99), (990, 10), (995, 5)],
+    [
+        (5, 5),
+        (50, 50),
+        (99, 99),
+        (100, 100),
+        (101, 100),
+        (120, 100),
+        (400, 100),
+        (899, 100),
+        (900, 100),
+        (901, 99),
+        (990, 10),
+        (995, 5),
+    ],
 )
 def test_gap_formula(m, gap):
     # int((1 - 0.9) * 1000) is int(99.99999999999998) = 99, so the cap is 100, not 101.
@@ -69,7 +81,10 @@ def test_sample_m_covers_both_ends_and_nothing_outside():
 @pytest.mark.parametrize("m", [5, 50, 100, 101, 400, 901, 995])
 def test_both_branches_recover_x0_exactly_with_the_oracle_velocity(m):
     g = torch.Generator().manual_seed(m)
-    x0, eps = torch.randn(2, 16, 8, generator=g, dtype=torch.float64), torch.randn(2, 16, 8, generator=g, dtype=torch.float64)
+    x0, eps = (
+        torch.randn(2, 16, 8, generator=g, dtype=torch.float64),
+        torch.randn(2, 16, 8, generator=g, dtype=torch.float64),
+    )
     lv = da.TrainingWindow().levels_for(m)
     oracle = eps - x0
     for start, end in [(lv.denoise_from, lv.denoise_to), (lv.inversion_from, lv.inversion_to)]:

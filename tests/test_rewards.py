@@ -37,10 +37,18 @@ def test_clip_embedding_srp_matches_hand_formula():
 
     def e_text(texts):
         tok = reward.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt")
-        return F.normalize(model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output, dim=-1)
+        return F.normalize(
+            model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output, dim=-1
+        )
 
     scale = model.logit_scale.exp() / 20
-    expected = scale * (e_img * ((1 + k)[:, None] * e_text(with_control_word("Real", prompts)) - e_text(with_control_word("Painting", prompts)))).sum(-1)
+    expected = scale * (
+        e_img
+        * (
+            (1 + k)[:, None] * e_text(with_control_word("Real", prompts))
+            - e_text(with_control_word("Painting", prompts))
+        )
+    ).sum(-1)
     torch.testing.assert_close(srp, expected.detach(), atol=1e-5, rtol=1e-5)
     # The generic callable formula gives the same number: the embedding form only saves image passes.
     generic = super(type(reward), reward).srp(images, prompts, "Real", "Painting", k)

@@ -20,8 +20,12 @@ def _trainable_snapshot(module):
 def test_lora_training_changes_lora_weights_and_raises_held_out_reward(config):
     args = config(max_steps=40, learning_rate=1e-1, max_grad_norm=1.0, per_device_train_batch_size=2, rollout_steps=6)
     trainer = SRPOTrainer(
-        model=demo_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN,
-        eval_dataset=HELD_OUT, peft_config=LoraConfig(**LORA),
+        model=demo_pipeline(0),
+        reward_funcs=ColorWordReward(),
+        args=args,
+        train_dataset=TRAIN,
+        eval_dataset=HELD_OUT,
+        peft_config=LoraConfig(**LORA),
     )
     transformer = trainer.pipeline.transformer
     before_lora = _trainable_snapshot(transformer)
@@ -42,8 +46,19 @@ def test_lora_training_changes_lora_weights_and_raises_held_out_reward(config):
     assert not any(p.requires_grad for p in trainer.pipeline.text_encoder_2.parameters())
 
     logged = {k for row in trainer.state.log_history for k in row}
-    for key in ["loss", "grad_norm", "reward/denoise", "reward/inversion", "rewards/color/denoise",
-                "rewards/color/inversion", "loss/denoise", "loss/inversion", "levels/m", "levels/gap", "levels/sigma"]:
+    for key in [
+        "loss",
+        "grad_norm",
+        "reward/denoise",
+        "reward/inversion",
+        "rewards/color/denoise",
+        "rewards/color/inversion",
+        "loss/denoise",
+        "loss/inversion",
+        "levels/m",
+        "levels/gap",
+        "levels/sigma",
+    ]:
         assert key in logged, key
 
 
@@ -64,7 +79,9 @@ def test_full_fine_tuning_updates_the_transformer_and_raises_reward(config):
 
 
 def test_inversion_branch_can_be_switched_off(tiny_pipe, config):
-    trainer = SRPOTrainer(tiny_pipe, ColorWordReward(), args=config(max_steps=2, use_inversion_branch=False), train_dataset=TRAIN)
+    trainer = SRPOTrainer(
+        tiny_pipe, ColorWordReward(), args=config(max_steps=2, use_inversion_branch=False), train_dataset=TRAIN
+    )
     trainer.train()
     logged = {k for row in trainer.state.log_history for k in row}
     assert "reward/denoise" in logged and "reward/inversion" not in logged
@@ -77,8 +94,11 @@ def test_several_weighted_rewards_and_a_clip_reward(tiny_pipe, config):
         return images.mean(dim=(1, 2, 3))
 
     trainer = SRPOTrainer(
-        tiny_pipe, [ColorWordReward(), tiny_clip_reward(), brightness], args=config(max_steps=2, reward_weights=[1.0, 0.5, 0.1]),
-        train_dataset=TRAIN, peft_config=LoraConfig(**LORA),
+        tiny_pipe,
+        [ColorWordReward(), tiny_clip_reward(), brightness],
+        args=config(max_steps=2, reward_weights=[1.0, 0.5, 0.1]),
+        train_dataset=TRAIN,
+        peft_config=LoraConfig(**LORA),
     )
     trainer.train()
     logged = {k for row in trainer.state.log_history for k in row}
@@ -87,8 +107,14 @@ def test_several_weighted_rewards_and_a_clip_reward(tiny_pipe, config):
 
 def _stock_images(pipe, prompts, seed=0):
     return pipe(
-        prompts, height=64, width=64, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=32,
-        output_type="pt", generator=torch.Generator().manual_seed(seed),
+        prompts,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=32,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
     ).images
 
 
@@ -96,7 +122,9 @@ def test_lora_save_loads_into_a_fresh_stock_flux_pipeline(config, tmp_path):
     from diffusers import FluxPipeline
 
     args = config(max_steps=10, learning_rate=3e-3, output_dir=str(tmp_path / "lora"))
-    trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=LoraConfig(**LORA))
+    trainer = SRPOTrainer(
+        demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=LoraConfig(**LORA)
+    )
     trainer.train()
     trainer.save_model()
     files = set(os.listdir(args.output_dir))
@@ -139,8 +167,11 @@ def test_model_and_reward_from_local_paths(tiny_pipe, config, tmp_path):
     model.save_pretrained(clip_dir)
     tokenizer.save_pretrained(clip_dir)
     trainer = SRPOTrainer(
-        str(pipe_dir), str(clip_dir), args=config(max_steps=1, model_init_kwargs={"torch_dtype": "float32"}),
-        train_dataset=TRAIN, peft_config=LoraConfig(**LORA),
+        str(pipe_dir),
+        str(clip_dir),
+        args=config(max_steps=1, model_init_kwargs={"torch_dtype": "float32"}),
+        train_dataset=TRAIN,
+        peft_config=LoraConfig(**LORA),
     )
     assert trainer.pipeline.transformer.dtype == torch.float32
     trainer.train()
@@ -161,7 +192,9 @@ def test_stock_sampler_and_adapter_agree(tiny_pipe):
     text = adapter.encode_prompts(prompts, torch.device("cpu"))
     eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
     x0 = direct_align.euler_sample(
-        lambda x, s: adapter.velocity(tiny_pipe.transformer, x, s, text, 3.5, 64, 64), eps, direct_align.shifted_grid(4, 3.0).float()
+        lambda x, s: adapter.velocity(tiny_pipe.transformer, x, s, text, 3.5, 64, 64),
+        eps,
+        direct_align.shifted_grid(4, 3.0).float(),
     )
     ours = adapter.decode(x0, 64, 64)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
@@ -184,7 +217,12 @@ def test_unsupported_pipeline_and_bad_lora_targets(tiny_pipe, config):
     with pytest.raises(ValueError, match="unsupported pipeline"):
         SRPOTrainer(object(), ColorWordReward(), args=config(), train_dataset=TRAIN)
     with pytest.raises(ValueError, match="target_modules"):
-        SRPOTrainer(tiny_pipe, ColorWordReward(), args=config(), train_dataset=TRAIN,
-                    peft_config=LoraConfig(r=4, target_modules=["no_such_layer"]))
+        SRPOTrainer(
+            tiny_pipe,
+            ColorWordReward(),
+            args=config(),
+            train_dataset=TRAIN,
+            peft_config=LoraConfig(r=4, target_modules=["no_such_layer"]),
+        )
     with pytest.raises(TypeError, match="reward_funcs"):
         SRPOTrainer(tiny_pipe, [42], args=config(), train_dataset=TRAIN)

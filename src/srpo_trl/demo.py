@@ -93,8 +93,10 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         eval_dataset=Dataset.from_dict({"prompt": EVAL_PROMPTS}),
         peft_config=LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian"),
     )
-    log(f"srpo-trl demo: LoRA SRPO on a tiny FLUX.1 model, {max_steps} steps, control words "
-        f"+{POSITIVE_WORD!r} / -{NEGATIVE_WORD!r}")
+    log(
+        f"srpo-trl demo: LoRA SRPO on a tiny FLUX.1 model, {max_steps} steps, control words "
+        f"+{POSITIVE_WORD!r} / -{NEGATIVE_WORD!r}"
+    )
     before_images = trainer.generate(EVAL_PROMPTS, seed=seed)
     before = trainer.evaluate()["eval_reward"]
     trainer.train()

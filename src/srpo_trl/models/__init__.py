@@ -14,9 +14,7 @@ def get_adapter(pipeline, **kwargs) -> ModelAdapter:
     for cls in type(pipeline).__mro__:
         if cls.__name__ in ADAPTERS:
             return ADAPTERS[cls.__name__](pipeline, **kwargs)
-    raise ValueError(
-        f"model: unsupported pipeline class {type(pipeline).__name__!r}; supported: {sorted(ADAPTERS)}"
-    )
+    raise ValueError(f"model: unsupported pipeline class {type(pipeline).__name__!r}; supported: {sorted(ADAPTERS)}")
 
 
 __all__ = ["ADAPTERS", "FluxAdapter", "ModelAdapter", "get_adapter"]
