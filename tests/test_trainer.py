@@ -226,3 +226,41 @@ def test_unsupported_pipeline_and_bad_lora_targets(tiny_pipe, config):
         )
     with pytest.raises(TypeError, match="reward_funcs"):
         SRPOTrainer(tiny_pipe, [42], args=config(), train_dataset=TRAIN)
+
+
+def test_the_issue_snippet_with_recipe_defaults_runs(tmp_path):
+    """Default SRPOConfig (recipe window, 25 rollout steps, 512 T5 tokens, gradient checkpointing on)."""
+    from srpo_trl import SRPOConfig
+    from srpo_trl.testing import tiny_flux_pipeline
+
+    def fn(images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+    trainer = SRPOTrainer(
+        model=tiny_flux_pipeline(),
+        reward_funcs=fn,
+        args=SRPOConfig(output_dir=str(tmp_path), max_steps=2, resolution=32, report_to="none"),
+        train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
+        peft_config=LoraConfig(r=4),
+    )
+    assert trainer.pipeline.transformer.is_gradient_checkpointing
+    before = _trainable_snapshot(trainer.pipeline.transformer)
+    trainer.train()
+    after = _trainable_snapshot(trainer.pipeline.transformer)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_schnell_like_pipeline_uses_its_own_shift_and_no_guidance(config):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from srpo_trl.testing import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline(guidance_embeds=False)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    trainer = SRPOTrainer(
+        pipe, ColorWordReward(), args=config(max_steps=2), train_dataset=TRAIN, peft_config=LoraConfig(**LORA)
+    )
+    assert trainer.window.levels[0].item() == pytest.approx(0.9)  # S[5] of an unshifted 50-step grid
+    assert trainer.rollout_sigmas[1].item() == pytest.approx(0.75)  # 4 unshifted rollout steps
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -226,7 +226,7 @@ class SRPOTrainer(Trainer):
         text = self.adapter.encode_prompts(list(prompts), device)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
-        x0 = self._rollout(self.model, eps, text, self.args.rollout_guidance_scale)
+        x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
         return self.adapter.decode(x0, self.height, self.width)
 
     # ------------------------------------------------------------ train step
@@ -286,18 +286,24 @@ class SRPOTrainer(Trainer):
         return loss
 
     def _record(self, key: str, values: torch.Tensor, mode: str = "train") -> None:
-        """Gather a metric over ranks and keep its mean until the next `log`."""
+        """Gather a metric over ranks and keep its mean (on the device: no host sync in the step) until `log`."""
         gathered = self.accelerator.gather(values.detach().float().reshape(-1))
-        self._metrics[mode][key].append(gathered.mean().item())
+        self._metrics[mode][key].append(gathered.mean())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        metrics = {k: torch.stack(v).mean().item() for k, v in self._metrics[mode].items() if v}
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write srpo-trl's model card (used by `push_to_hub`) instead of the Trainer's language-model card."""
+        if self.is_world_process_zero():
+            repo = self.args.hub_model_id or self.args.output_dir
+            self.model_card(repo).save(os.path.join(self.args.output_dir, "README.md"))
 
     # ------------------------------------------------------------ evaluation
 
@@ -330,9 +336,9 @@ class SRPOTrainer(Trainer):
             f"{metric_key_prefix}_{k}": self.accelerator.gather_for_metrics(torch.cat(v)).mean().item()
             for k, v in sums.items()
         }
+        self.log(dict(metrics))  # while still in eval mode, so that no pending train metrics are mixed in
         if was_training:
             self.model.train()
-        self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
