@@ -92,7 +92,7 @@ class SRPOTrainer(Trainer):
             raise TypeError(f"args: expected an SRPOConfig, got {type(args).__name__}")
 
         # Everything that can be checked without models is checked first.
-        self.rewards = self._resolve_rewards(reward_funcs, args)
+        self.rewards = self._resolve_rewards(reward_funcs)
         weights = args.reward_weights or [1.0] * len(self.rewards)
         if len(weights) != len(self.rewards):
             raise ValueError(
@@ -148,7 +148,7 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _resolve_rewards(reward_funcs, args: SRPOConfig) -> list[Reward]:
+    def _resolve_rewards(reward_funcs) -> list[Reward]:
         if reward_funcs is None:
             raise ValueError("reward_funcs: give at least one reward function")
         if isinstance(reward_funcs, (str, Reward)) or callable(reward_funcs):
