@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -82,3 +83,50 @@ def test_color_reward_is_text_conditioned_and_interpretable():
     assert reward.score(red, ["blue. a cat"]).item() < 0
     # SRP with +red / -blue: (1 + 0) * 0.75 - (-0.25) = 1.0
     assert reward.srp(red, ["a cat"], "red", "blue", 0.0).item() == 1.0
+
+
+def test_clip_preprocess_matches_transformers_clip_image_processor():
+    """Against `CLIPImageProcessor` on PIL images (its PIL backend here: torchvision is not installed).
+
+    Measured on this machine: mean |diff| about 0.004 and max 0.03 (64 px) to 0.15 (1024 px) in normalised
+    units. The max grows with the downscale factor: PIL's bicubic kernel uses a = -0.5, torch's a = -0.75.
+    Without antialias the gap is an order of magnitude larger, which the last assertion shows.
+    """
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3)
+    rng = np.random.default_rng(0)
+    for h, w in [(64, 64), (300, 200), (512, 768), (1024, 1024)]:
+        pil = Image.fromarray(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)).resize(
+            (w, h), Image.BICUBIC
+        )
+        reference = processor(images=pil, return_tensors="pt").pixel_values
+        images = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].float() / 255
+        diff = (clip_preprocess(images) - reference).abs()
+        assert diff.mean() < 0.01 and diff.max() < 0.2, (h, w, diff.mean().item(), diff.max().item())
+    # The same comparison with antialiasing off is far worse: antialias is what makes the match.
+    no_aa = F.interpolate(images, size=(224, 224), mode="bicubic", align_corners=False, antialias=False)
+    from srpo_trl.rewards import CLIP_MEAN, CLIP_STD
+
+    no_aa = (no_aa - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    assert (no_aa - reference).abs().mean() > 5 * (clip_preprocess(images) - reference).abs().mean()
+
+
+def test_clip_preprocess_pad_mode_keeps_the_whole_image():
+    images = torch.ones(1, 3, 100, 50, requires_grad=True)
+    out = clip_preprocess(images, mode="pad")
+    assert out.shape == (1, 3, 224, 224)
+    black = (torch.zeros(3) - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]
+    )
+    torch.testing.assert_close(out[0, :, :, 0], black[:, None].expand(3, 224))  # padded columns on the left
+    torch.testing.assert_close(
+        out[0, :, 112, 112],
+        (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )
+    out.sum().backward()
+    assert images.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mode"):
+        clip_preprocess(images, mode="squash")
