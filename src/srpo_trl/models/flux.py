@@ -64,6 +64,7 @@ class FluxAdapter:
         self.latent_channels = pipeline.vae.config.latent_channels
         # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config.
         self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
+        self._positions: dict[tuple, torch.Tensor] = {}  # built once per size, not once per rollout step
 
     @property
     def latent_granularity(self) -> int:
@@ -106,9 +107,15 @@ class FluxAdapter:
             pooled_projections=text["pooled_prompt_embeds"],
             encoder_hidden_states=text["prompt_embeds"],
             txt_ids=text["text_ids"][0],
-            img_ids=latent_positions(lh, lw, latents.device),
+            img_ids=self._image_ids(lh, lw, latents.device),
             return_dict=False,
         )[0]
+
+    def _image_ids(self, latent_height: int, latent_width: int, device: torch.device) -> torch.Tensor:
+        key = (latent_height, latent_width, str(device))
+        if key not in self._positions:
+            self._positions[key] = latent_positions(latent_height, latent_width, device)
+        return self._positions[key]
 
     def decode(self, latents, height, width) -> torch.Tensor:
         vae = self.pipeline.vae
