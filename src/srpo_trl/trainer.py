@@ -16,7 +16,7 @@ from . import direct_align
 from .config import SRPOConfig
 from .hub import build_model_card
 from .models import get_adapter
-from .rewards import Reward, as_reward, load_reward
+from .rewards import Reward, as_reward, load_reward, with_control_word
 
 RewardLike = Reward | Callable | str
 
@@ -244,14 +244,19 @@ class SRPOTrainer(Trainer):
         eps = self.adapter.sample_noise(batch, self.height, self.width, generator, device)
         x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
 
-        # 2. Levels per sample; both branches go through the transformer as one batch.
+        # 2. Levels per sample; the branches go through the transformer as one batch, denoise first.
         levels = [self.window.levels_for(self.window.sample_m(generator)) for _ in range(batch)]
-        branches = ["denoise", "inversion"] if args.use_inversion_branch else ["denoise"]
-        start = [lv.denoise_from for lv in levels] + [lv.inversion_from for lv in levels]
-        end = [lv.denoise_to for lv in levels] + [lv.inversion_to for lv in levels]
+        positive, negative = self._control_words(self.state.global_step)
+        branches = [("denoise", (positive, negative))]
+        if args.use_inversion_branch:  # control words swapped: the regulariser against reward hacking
+            branches.append(("inversion", (negative, positive)))
         n = len(branches)
-        start = torch.tensor(start[: n * batch], device=device)
-        end = torch.tensor(end[: n * batch], device=device)
+
+        def per_sample(attribute: str) -> list[float]:
+            return [getattr(lv, attribute) for lv in levels]
+
+        start = torch.tensor([s for b, _ in branches for s in per_sample(f"{b}_from")], device=device)
+        end = torch.tensor([s for b, _ in branches for s in per_sample(f"{b}_to")], device=device)
         x0_rep, eps_rep = x0.repeat(n, 1, 1), eps.repeat(n, 1, 1)
         text_rep = {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in text.items()}
 
@@ -261,19 +266,14 @@ class SRPOTrainer(Trainer):
         x_end = direct_align.euler_step(x_start, v.float(), start, end)
         images = self.adapter.decode(direct_align.recover_x0(x_end, eps_rep, end), self.height, self.width)
 
-        # 4. SRP reward per branch (control words swapped for the inversion branch) and hinge loss.
-        positive, negative = self._control_words(self.state.global_step)
-        discounts = {
-            "denoise": torch.tensor([lv.denoise_discount for lv in levels], device=device),
-            "inversion": torch.tensor([lv.inversion_discount for lv in levels], device=device),
-        }
-        words = {"denoise": (positive, negative), "inversion": (negative, positive)}
+        # 4. SRP reward per branch with its words and discount k, and the hinge loss.
         loss = torch.zeros((), device=device)
-        for i, branch in enumerate(branches):
+        for i, (branch, words) in enumerate(branches):
             branch_images = images[i * batch : (i + 1) * batch]
+            discount = torch.tensor(per_sample(f"{branch}_discount"), device=device)
             total = torch.zeros(batch, device=device)
             for reward, weight in zip(self.rewards, self.reward_weights):
-                r = reward.srp(branch_images, prompts, *words[branch], discounts[branch]).float()
+                r = reward.srp(branch_images, prompts, *words, discount).float()
                 total = total + weight * r
                 self._record(f"rewards/{reward.name}/{branch}", r)
             branch_loss = direct_align.hinge_loss(total, args.hinge_threshold).mean()
@@ -345,7 +345,6 @@ class SRPOTrainer(Trainer):
     def _eval_srp(self, reward: Reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         if not reward.text_conditioned:
             return reward.score(images, prompts).float()
-        from .rewards import with_control_word
 
         def mean_over(words):
             return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
