@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-# The recipe's control words (tuned for HPSv2.1), cycled by step.
-RECIPE_POSITIVE_WORDS = ["Natural-lighting", "Detail", "Detailed", "Real"]
-RECIPE_NEGATIVE_WORDS = ["Concept art", "Painting", "Anime", "Flat", "Oil"]
+from .control_words import RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control_word_preset
+
+REWARD_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -88,8 +88,14 @@ class SRPOConfig(TrainingArguments):
             `["Natural-lighting", "Detail", "Detailed", "Real"]`.
         negative_control_words (`list[str]`, *optional*, defaults to the recipe's):
             Words for the negative text, cycled by step: `["Concept art", "Painting", "Anime", "Flat", "Oil"]`.
+        control_words (`str`, *optional*):
+            A preset that sets both word lists: `"hps-realism"` (the recipe's), `"detail"`, `"brightness"` (see
+            `srpo_trl.control_words`). Give either a preset or changed lists, not both.
         reward_weights (`list[float]`, *optional*):
             Weight of each reward function; all `1.0` when unset.
+        reward_dtype (`str`, *optional*):
+            Dtype the reward models run in: `"float32"`, `"bfloat16"` or `"float16"`. Defaults to `"bfloat16"` when
+            `bf16` is on, else `"float32"`. Preprocessing and scores stay in float32.
 
     Defaults that differ from [`~transformers.TrainingArguments`] (the recipe's): `learning_rate=5e-6`,
     `weight_decay=1e-4`, `lr_scheduler_type="constant"`, `max_grad_norm=0.1`, `per_device_train_batch_size=1`,
@@ -151,8 +157,16 @@ class SRPOConfig(TrainingArguments):
         default_factory=lambda: list(RECIPE_NEGATIVE_WORDS),
         metadata={"help": "Negative control words, cycled by step."},
     )
+    control_words: str | None = field(
+        default=None,
+        metadata={"help": "Control-word preset setting both lists: 'hps-realism' (recipe), 'detail', 'brightness'."},
+    )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weight of each reward function; all 1.0 when unset."}
+    )
+    reward_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Reward model dtype: float32, bfloat16 or float16; bfloat16 when bf16 is on, else float32."},
     )
 
     # TrainingArguments defaults replaced by the recipe's.
@@ -225,6 +239,21 @@ class SRPOConfig(TrainingArguments):
             fail("learning_rate", self.learning_rate, "must be positive")
         if self.max_sequence_length < 1:
             fail("max_sequence_length", self.max_sequence_length, "must be at least 1")
+        if self.control_words is not None:
+            preset = control_word_preset(self.control_words)
+            given = (list(self.positive_control_words), list(self.negative_control_words))
+            # The recipe's lists are the defaults; the preset's own lists come back when a saved config is reloaded.
+            if given not in [
+                (RECIPE_POSITIVE_WORDS, RECIPE_NEGATIVE_WORDS),
+                (list(preset.positive), list(preset.negative)),
+            ]:
+                fail(
+                    "control_words",
+                    self.control_words,
+                    "give either a preset or explicit positive_control_words/negative_control_words, not both",
+                )
+            self.positive_control_words = list(preset.positive)
+            self.negative_control_words = list(preset.negative)
         for name in ("positive_control_words", "negative_control_words"):
             words = getattr(self, name)
             if isinstance(words, str):
@@ -234,3 +263,11 @@ class SRPOConfig(TrainingArguments):
                 fail(name, words, "expected a list of non-empty strings")
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.reward_dtype is not None and self.reward_dtype not in REWARD_DTYPES:
+            fail("reward_dtype", self.reward_dtype, f"expected one of {list(REWARD_DTYPES)}")
+
+    @property
+    def reward_torch_dtype(self) -> torch.dtype:
+        """The dtype reward models run in (see `reward_dtype`)."""
+        name = self.reward_dtype or ("bfloat16" if self.bf16 else "float32")
+        return getattr(torch, name)

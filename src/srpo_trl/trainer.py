@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -17,6 +18,9 @@ from .config import SRPOConfig
 from .hub import build_model_card
 from .models import get_adapter
 from .rewards import Reward, as_reward, load_reward, with_control_word
+from .rewards.aesthetic import IMAGE_ONLY_NOTICE
+
+logger = logging.getLogger(__name__)
 
 RewardLike = Reward | Callable | str
 
@@ -58,7 +62,9 @@ class SRPOTrainer(Trainer):
         reward_funcs (`Reward`, callable, `str`, or a list of them):
             Rewards to maximise. A callable `fn(images, prompts) -> Tensor[B]` gets float images `[B, 3, H, W]`
             in [0, 1] and must be differentiable in them; a [`~srpo_trl.rewards.CLIPReward`] scores CLIP
-            embeddings; a string is a local folder holding a transformers CLIP model.
+            embeddings; a string is a registered name (`"hpsv2.1"`, `"pickscore"`, ...), a name with a local
+            copy (`"hpsv2.1:/path/HPS_v2.1_compressed.pt"`) or a local transformers CLIP folder (see
+            [`~srpo_trl.rewards.load_reward`]).
         args ([`SRPOConfig`], *optional*): configuration; defaults to `SRPOConfig("<model>-SRPO")`.
         train_dataset (`datasets.Dataset` or `IterableDataset`): prompts, in `args.dataset_prompt_column`.
         eval_dataset (`datasets.Dataset`, *optional*): held-out prompts for [`evaluate`].
@@ -92,7 +98,7 @@ class SRPOTrainer(Trainer):
             raise TypeError(f"args: expected an SRPOConfig, got {type(args).__name__}")
 
         # Everything that can be checked without models is checked first.
-        self.rewards = self._resolve_rewards(reward_funcs)
+        self.rewards = self._resolve_rewards(reward_funcs, args)
         weights = args.reward_weights or [1.0] * len(self.rewards)
         if len(weights) != len(self.rewards):
             raise ValueError(
@@ -148,14 +154,31 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _resolve_rewards(reward_funcs) -> list[Reward]:
+    def _resolve_rewards(reward_funcs, args: SRPOConfig) -> list[Reward]:
+        """Reward modules, frozen, in eval mode and in `args.reward_torch_dtype`.
+
+        Rewards given by name are loaded in that dtype; reward objects are cast only when `reward_dtype` is set
+        explicitly (a model the user built keeps its dtype otherwise).
+        """
         if reward_funcs is None:
             raise ValueError("reward_funcs: give at least one reward function")
         if isinstance(reward_funcs, (str, Reward)) or callable(reward_funcs):
             reward_funcs = [reward_funcs]
-        rewards = [load_reward(r) if isinstance(r, str) else as_reward(r) for r in reward_funcs]
+        dtype = args.reward_torch_dtype
+        rewards = []
+        for r in reward_funcs:
+            if isinstance(r, str):
+                rewards.append(load_reward(r, dtype=dtype))
+                continue
+            reward = as_reward(r)
+            if args.reward_dtype is not None:
+                reward.to(dtype)
+            rewards.append(reward)
         if not rewards:
             raise ValueError("reward_funcs: give at least one reward function")
+        for reward in rewards:
+            if not reward.text_conditioned:
+                logger.warning(IMAGE_ONLY_NOTICE.format(name=reward.name))
         names = [r.name for r in rewards]
         for i, r in enumerate(rewards):  # unique metric names
             if names.count(r.name) > 1:
@@ -386,6 +409,9 @@ class SRPOTrainer(Trainer):
             "steps": self.state.global_step,
             "lora": repr(self.peft_config.r) if self.peft_config is not None else "no (full fine-tune)",
         }
+        image_only = [r.name for r in self.rewards if not r.text_conditioned]
+        if image_only:
+            summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
         return build_model_card(
             base_model=getattr(self.pipeline, "name_or_path", None) or None,
             lora=self.peft_config is not None,

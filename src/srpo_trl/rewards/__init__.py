@@ -1,32 +1,33 @@
 """Reward models and Semantic Relative Preference scoring."""
 
+from ..control_words import CONTROL_WORD_PRESETS, control_word_preset
+from .aesthetic import AestheticMLP, AestheticReward
 from .base import CallableReward, Reward, as_reward, with_control_word
 from .clip import CLIPReward
 from .color import ColorWordReward
+from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to_transformers
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-
-
-def load_reward(name_or_path: str, **kwargs) -> Reward:
-    """A reward from a string: a local folder holding a transformers CLIP model (and its tokenizer)."""
-    import os
-
-    if os.path.isdir(name_or_path):
-        return CLIPReward(name_or_path, **kwargs)
-    raise ValueError(
-        f"reward_funcs: {name_or_path!r} is not a folder holding a transformers CLIP model; pass a path, "
-        "a srpo_trl.rewards.Reward, or a callable fn(images, prompts) -> Tensor[B]"
-    )
-
+from .registry import REWARDS, RewardSpec, load_reward
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "CONTROL_WORD_PRESETS",
+    "REWARDS",
+    "AestheticMLP",
+    "AestheticReward",
     "CLIPReward",
     "CallableReward",
     "ColorWordReward",
     "Reward",
+    "RewardSpec",
     "as_reward",
     "clip_preprocess",
+    "control_word_preset",
+    "convert_hps",
+    "hps_clip_model",
     "load_reward",
+    "load_state_dict_file",
+    "open_clip_to_transformers",
     "with_control_word",
 ]

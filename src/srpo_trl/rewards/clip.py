@@ -24,7 +24,8 @@ class CLIPReward(Reward):
 
     Args:
         model (`CLIPModel` or `str`): the model, or a local folder / hub id to load it from.
-        tokenizer (`CLIPTokenizer`, *optional*): loaded from `model`'s folder when it is a path.
+        tokenizer (`CLIPTokenizer` or `str`, *optional*): the tokenizer, or a folder / hub id to load it from;
+            defaults to `model`'s when that is a path.
         scale (`"logit"` or `float`, *optional*, defaults to `"logit"`): `"logit"` uses
             `logit_scale.exp() / 20` (CLIP, PickScore: comparable with HPS); HPS uses `1.0`.
         name (`str`, *optional*, defaults to `"clip"`): name in logged metrics.
@@ -33,11 +34,14 @@ class CLIPReward(Reward):
 
     def __init__(self, model, tokenizer=None, scale: str | float = "logit", name: str = "clip", dtype=None):
         super().__init__()
-        if isinstance(model, str):
+        if isinstance(model, str) or isinstance(tokenizer, str):
             from transformers import CLIPModel, CLIPTokenizer
 
-            tokenizer = tokenizer or CLIPTokenizer.from_pretrained(model)
-            model = CLIPModel.from_pretrained(model)
+            if isinstance(model, str):
+                tokenizer = tokenizer or model
+                model = CLIPModel.from_pretrained(model)
+            if isinstance(tokenizer, str):
+                tokenizer = CLIPTokenizer.from_pretrained(tokenizer)
         if tokenizer is None:
             raise ValueError("CLIPReward: a tokenizer is needed when model is given as an object")
         if dtype is not None:

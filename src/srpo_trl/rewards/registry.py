@@ -1,0 +1,224 @@
+"""Reward models by name: `load_reward("hpsv2.1")`, `reward_funcs="pickscore"`.
+
+Each name knows its checkpoint on the Hub and how to build the reward from it. A local copy is
+given as `"name:path"` (or `load_reward(name, path=...)`); nothing is downloaded then.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .base import Reward
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What a registered reward name loads. `filename` is `None` when the repo is a transformers CLIP model."""
+
+    name: str
+    family: str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint) or "aesthetic"
+    checkpoint: str
+    filename: str | None
+    tokenizer: str | None
+    license: str
+    text_conditioned: bool
+    output_scale: str
+    parameters: str
+    description: str
+
+
+_VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+_VIT_L = "openai/clip-vit-large-patch14"
+
+REWARDS: dict[str, RewardSpec] = {
+    spec.name: spec
+    for spec in [
+        RewardSpec(
+            name="hpsv2.1",
+            family="hps",
+            checkpoint="xswu/HPSv2",
+            filename="HPS_v2.1_compressed.pt",
+            tokenizer=_VIT_H,
+            license="apache-2.0",
+            text_conditioned=True,
+            output_scale="raw cosine, about 0.2-0.35",
+            parameters="986 M (ViT-H-14)",
+            description="Human Preference Score v2.1 (the SRPO recipe's reward)",
+        ),
+        RewardSpec(
+            name="hpsv2",
+            family="hps",
+            checkpoint="xswu/HPSv2",
+            filename="HPS_v2_compressed.pt",
+            tokenizer=_VIT_H,
+            license="apache-2.0",
+            text_conditioned=True,
+            output_scale="raw cosine, about 0.2-0.35",
+            parameters="986 M (ViT-H-14)",
+            description="Human Preference Score v2",
+        ),
+        RewardSpec(
+            name="pickscore",
+            family="clip",
+            checkpoint="yuvalkirstain/PickScore_v1",
+            filename=None,
+            tokenizer=_VIT_H,
+            license="see the model page (no licence stated there)",
+            text_conditioned=True,
+            output_scale="logit_scale.exp() / 20 x cosine, about 1.0-1.2",
+            parameters="986 M (ViT-H-14)",
+            description="PickScore v1 (Pick-a-Pic preferences)",
+        ),
+        RewardSpec(
+            name="clip-vit-h-14",
+            family="clip",
+            checkpoint=_VIT_H,
+            filename=None,
+            tokenizer=_VIT_H,
+            license="mit",
+            text_conditioned=True,
+            output_scale="logit_scale.exp() / 20 x cosine, about 1.2-1.8",
+            parameters="986 M (ViT-H-14)",
+            description="LAION CLIP ViT-H/14 text-image similarity",
+        ),
+        RewardSpec(
+            name="clip-vit-l-14",
+            family="clip",
+            checkpoint=_VIT_L,
+            filename=None,
+            tokenizer=_VIT_L,
+            license="mit",
+            text_conditioned=True,
+            output_scale="logit_scale.exp() / 20 x cosine, about 1.2-1.8",
+            parameters="428 M (ViT-L/14)",
+            description="OpenAI CLIP ViT-L/14 text-image similarity",
+        ),
+        RewardSpec(
+            name="laion-aesthetic",
+            family="aesthetic",
+            checkpoint="trl-lib/ddpo-aesthetic-predictor",
+            filename="aesthetic-model.pth",
+            tokenizer=None,
+            license="apache-2.0",
+            text_conditioned=False,
+            output_scale="aesthetic score, about 1-10",
+            parameters="304 M (ViT-L/14 image tower) + 0.9 M head",
+            description="LAION aesthetic predictor v2 (image-only: plain Direct-Align, no SRP)",
+        ),
+    ]
+}
+
+
+def _download(spec: RewardSpec) -> str:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(spec.checkpoint, spec.filename)
+    except Exception as error:  # offline, gated, or missing: say how to give a local copy instead
+        raise OSError(
+            f"reward {spec.name!r}: could not download {spec.filename} from {spec.checkpoint} ({error}); "
+            f"download it yourself and pass its path, e.g. reward_funcs='{spec.name}:/path/to/{spec.filename}'"
+        ) from error
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "vocab.json")) or os.path.isfile(os.path.join(folder, "tokenizer.json"))
+
+
+def _load_clip(spec: RewardSpec, path: str | None, dtype, tokenizer=None, **kwargs) -> Reward:
+    from .clip import CLIPReward
+
+    source = path or spec.checkpoint
+    if tokenizer is None:  # a local copy's own tokenizer, else the spec's (PickScore uses ViT-H-14's)
+        tokenizer = path if path is not None and _has_tokenizer(path) else spec.tokenizer
+    return CLIPReward(source, tokenizer=tokenizer, scale="logit", name=spec.name, dtype=dtype, **kwargs)
+
+
+def _load_hps(spec: RewardSpec, path: str | None, dtype, tokenizer=None, **conversion_kwargs) -> Reward:
+    from transformers import CLIPTokenizer
+
+    from .clip import CLIPReward
+    from .hps import hps_clip_model
+
+    if path is not None and os.path.isdir(path):  # written by `srpo-trl convert-hps`
+        return CLIPReward(path, tokenizer=tokenizer, scale=1.0, name=spec.name, dtype=dtype or torch.float32)
+    checkpoint = path or _download(spec)
+    if tokenizer is None and path is not None and _has_tokenizer(os.path.dirname(os.path.abspath(path))):
+        tokenizer = os.path.dirname(os.path.abspath(path))  # a tokenizer saved beside the checkpoint
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer or spec.tokenizer)
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    model = hps_clip_model(checkpoint, **{**ids, **conversion_kwargs})
+    return CLIPReward(model, tokenizer=tokenizer, scale=1.0, name=spec.name, dtype=dtype or torch.float32)
+
+
+def _aesthetic_head_in(folder: str, spec: RewardSpec) -> str:
+    if os.path.isfile(os.path.join(folder, spec.filename)):
+        return os.path.join(folder, spec.filename)
+    candidates = [f for f in sorted(os.listdir(folder)) if f.endswith((".pth", ".pt"))]
+    if len(candidates) != 1:
+        raise ValueError(
+            f"reward {spec.name!r}: folder {folder!r} must hold the predictor head as {spec.filename} (or as the "
+            f"only .pth/.pt file) beside a transformers CLIP ViT-L/14; found {candidates or 'no head file'}"
+        )
+    return os.path.join(folder, candidates[0])
+
+
+def _load_aesthetic(spec: RewardSpec, path: str | None, dtype, clip: str | None = None) -> Reward:
+    from .aesthetic import AESTHETIC_CLIP, AestheticReward
+
+    if path is not None and os.path.isdir(path):  # a local copy of both parts: CLIP folder + head file
+        clip, head = clip or path, _aesthetic_head_in(path, spec)
+    else:
+        head = path or _download(spec)
+    return AestheticReward(vision_model=clip or AESTHETIC_CLIP, mlp=head, name=spec.name, dtype=dtype)
+
+
+_LOADERS: dict[str, Callable[..., Reward]] = {"clip": _load_clip, "hps": _load_hps, "aesthetic": _load_aesthetic}
+
+
+def split_name_and_path(text: str) -> tuple[str | None, str | None]:
+    """`"hpsv2.1:/ckpt.pt"` -> `("hpsv2.1", "/ckpt.pt")`; `"hpsv2.1"` -> `("hpsv2.1", None)`; else `(None, None)`."""
+    if text in REWARDS:
+        return text, None
+    name, sep, path = text.partition(":")
+    if sep and name in REWARDS and path:
+        return name, path
+    return None, None
+
+
+def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtype | None = None, **kwargs) -> Reward:
+    """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
+
+    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic` (see
+    `REWARDS` and the rewards page of the docs). Without a path the checkpoint is downloaded from its
+    usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint or a folder
+    written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else the
+    ViT-H-14 one from the Hub); CLIP and PickScore, a transformers CLIP folder; the aesthetic
+    predictor, a folder holding a transformers CLIP ViT-L/14 and the head's weights file, or the head's
+    file alone (the CLIP tower then comes from `clip=`, a folder or hub id).
+
+    Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), and, for
+    HPS checkpoints, the conversion's `vision_heads` / `text_heads`. `dtype` is the reward model's dtype.
+    """
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"load_reward: expected a name or path string, got {type(name_or_path).__name__}")
+    name, embedded_path = split_name_and_path(name_or_path)
+    path = path or embedded_path
+    if name is not None:
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"reward {name!r}: local path {path!r} does not exist")
+        spec = REWARDS[name]
+        return _LOADERS[spec.family](spec, path, dtype, **kwargs)
+    if os.path.isdir(name_or_path):
+        from .clip import CLIPReward
+
+        return CLIPReward(name_or_path, dtype=dtype, **kwargs)
+    raise ValueError(
+        f"reward_funcs: {name_or_path!r} is neither a registered reward name nor an existing folder holding a "
+        f"transformers CLIP model; names: {sorted(REWARDS)}, optionally with a local copy as 'name:path'"
+    )

@@ -1,0 +1,282 @@
+"""Registered reward models: HPS conversion, loading by name from local copies, dtype, presets, training."""
+
+import fractions
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from peft import LoraConfig
+from reward_copies import open_clip_state_dict, save_copy, save_hps_copy
+
+from srpo_trl import SRPOConfig, SRPOTrainer
+from srpo_trl.cli import main as cli_main
+from srpo_trl.control_words import CONTROL_WORD_PRESETS
+from srpo_trl.demo import demo_pipeline
+from srpo_trl.rewards import (
+    REWARDS,
+    AestheticReward,
+    CLIPReward,
+    ColorWordReward,
+    hps_clip_model,
+    load_reward,
+    open_clip_to_transformers,
+)
+from srpo_trl.rewards.aesthetic import AestheticMLP
+from srpo_trl.testing import tiny_flux_pipeline
+
+# ------------------------------------------------------------------ plain-torch open_clip reference
+
+
+def _block(x, state, prefix, heads, mask=None):
+    """One open_clip residual attention block, written out from its definition."""
+    h = F.layer_norm(x, x.shape[-1:], state[prefix + "ln_1.weight"], state[prefix + "ln_1.bias"], eps=1e-5)
+    q, k, v = (h @ state[prefix + "attn.in_proj_weight"].T + state[prefix + "attn.in_proj_bias"]).chunk(3, -1)
+    b, t, w = q.shape
+
+    def split(z):
+        return z.reshape(b, t, heads, w // heads).transpose(1, 2)
+
+    scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(w // heads)
+    if mask is not None:
+        scores = scores + mask
+    attended = (scores.softmax(-1) @ split(v)).transpose(1, 2).reshape(b, t, w)
+    x = x + attended @ state[prefix + "attn.out_proj.weight"].T + state[prefix + "attn.out_proj.bias"]
+    h = F.layer_norm(x, x.shape[-1:], state[prefix + "ln_2.weight"], state[prefix + "ln_2.bias"], eps=1e-5)
+    h = F.gelu(h @ state[prefix + "mlp.c_fc.weight"].T + state[prefix + "mlp.c_fc.bias"])
+    return x + h @ state[prefix + "mlp.c_proj.weight"].T + state[prefix + "mlp.c_proj.bias"]
+
+
+def _reference_image_embedding(state, pixels, heads, layers):
+    weight = state["visual.conv1.weight"]
+    x = F.conv2d(pixels, weight, stride=weight.shape[-1]).flatten(2).transpose(1, 2)
+    cls = state["visual.class_embedding"].expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], 1) + state["visual.positional_embedding"]
+    x = F.layer_norm(x, x.shape[-1:], state["visual.ln_pre.weight"], state["visual.ln_pre.bias"], eps=1e-5)
+    for i in range(layers):
+        x = _block(x, state, f"visual.transformer.resblocks.{i}.", heads)
+    x = F.layer_norm(x[:, 0], x.shape[-1:], state["visual.ln_post.weight"], state["visual.ln_post.bias"], eps=1e-5)
+    return x @ state["visual.proj"]
+
+
+def _reference_text_embedding(state, ids, heads, layers):
+    x = state["token_embedding.weight"][ids] + state["positional_embedding"][: ids.shape[1]]
+    causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)
+    for i in range(layers):
+        x = _block(x, state, f"transformer.resblocks.{i}.", heads, causal)
+    x = F.layer_norm(x, x.shape[-1:], state["ln_final.weight"], state["ln_final.bias"], eps=1e-5)
+    return x[torch.arange(ids.shape[0]), ids.argmax(-1)] @ state["text_projection"]  # end-of-text has the top id
+
+
+def test_open_clip_conversion_matches_a_plain_torch_reference_forward():
+    vocab = 200
+    state = open_clip_state_dict(3, vocab_size=vocab)
+    config, converted = open_clip_to_transformers(state, vision_heads=4, text_heads=3)
+    from transformers import CLIPModel
+
+    model = CLIPModel(config).eval()
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    assert not unexpected and all(k.endswith("position_ids") for k in missing)
+    assert config.vision_config.hidden_act == "gelu" and config.vision_config.image_size == 224
+
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    ids = torch.zeros(2, 77, dtype=torch.long)  # open_clip: start, tokens, end, then zeros
+    for row, length in enumerate((5, 11)):
+        ids[row, 0] = vocab - 2
+        ids[row, 1 : length + 1] = torch.randint(1, vocab - 2, (length,), generator=torch.Generator().manual_seed(row))
+        ids[row, length + 1] = vocab - 1
+    with torch.no_grad():
+        ours_image = model.get_image_features(pixel_values=pixels).pooler_output
+        ours_text = model.get_text_features(input_ids=ids).pooler_output
+    ref_image = _reference_image_embedding(state, pixels, heads=4, layers=2)
+    ref_text = _reference_text_embedding(state, ids, heads=3, layers=2)
+    assert torch.allclose(ours_image, ref_image, atol=1e-5), (ours_image - ref_image).abs().max()
+    assert torch.allclose(ours_text, ref_text, atol=1e-5), (ours_text - ref_text).abs().max()
+    assert ref_text.abs().mean() > 0.05  # not a degenerate comparison of near-zero vectors
+
+
+def test_conversion_rejects_unknown_keys_and_bad_heads():
+    state = open_clip_state_dict(0)
+    with pytest.raises(ValueError, match="does not know"):
+        open_clip_to_transformers({**state, "visual.ls_1.gamma": torch.ones(3)}, vision_heads=2, text_heads=2)
+    with pytest.raises(ValueError, match="head counts"):
+        open_clip_to_transformers(state, vision_heads=5, text_heads=2)
+    with pytest.raises(ValueError, match="no keys start with"):
+        open_clip_to_transformers({"foo": torch.ones(1)})
+
+
+def test_hps_checkpoint_loads_with_weights_only_and_scores_raw_cosine(tmp_path):
+    path = save_hps_copy(str(tmp_path / "hps"))
+    reward = load_reward(f"hpsv2.1:{path}", vision_heads=2, text_heads=2)
+    assert isinstance(reward, CLIPReward) and reward.name == "hpsv2.1" and reward.text_conditioned
+    assert float(reward.scale) == 1.0  # HPS: raw cosine
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    score = reward.score(images, ["a cat", "a dog"])
+    assert score.shape == (2,) and score.abs().max() <= 1.0 + 1e-6
+    score.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    # A pickled object that is not plain tensors is refused by weights_only loading.
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"x": torch.ones(1)}, "payload": fractions.Fraction(1, 3)}, evil)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        hps_clip_model(str(evil))
+
+
+def test_convert_hps_cli_writes_a_safetensors_clip_folder_equal_to_in_memory_conversion(tmp_path):
+    path = save_hps_copy(str(tmp_path / "hps"))
+    out = tmp_path / "converted"
+    assert (
+        cli_main(
+            [
+                "convert-hps",
+                path,
+                str(out),
+                "--tokenizer",
+                str(tmp_path / "hps"),
+                "--vision_heads",
+                "2",
+                "--text_heads",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    from_folder = load_reward(f"hpsv2.1:{out}")
+    in_memory = load_reward(f"hpsv2.1:{path}", vision_heads=2, text_heads=2)
+    images = torch.rand(2, 3, 64, 64)
+    prompts = ["a red house", "the sea"]
+    torch.testing.assert_close(from_folder.score(images, prompts), in_memory.score(images, prompts))
+
+
+def test_convert_hps_cli_reports_a_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli_main(["convert-hps", str(tmp_path / "nope.pt"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clip-vit-h-14", "clip-vit-l-14"])
+def test_clip_names_use_the_logit_scale(tmp_path, name):
+    reward = load_reward(f"{name}:{save_copy(name, str(tmp_path / name))}")
+    assert isinstance(reward, CLIPReward) and reward.name == name
+    torch.testing.assert_close(reward.scale, reward.model.logit_scale.exp().float() / 20)
+
+
+def test_laion_aesthetic_is_image_only_and_matches_its_definition(tmp_path):
+    folder = save_copy("laion-aesthetic", str(tmp_path / "aesthetic"))
+    reward = load_reward(f"laion-aesthetic:{folder}")
+    assert isinstance(reward, AestheticReward) and not reward.text_conditioned
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    score = reward.score(images, ["ignored", "also ignored"])
+    # Its definition: the head on the normalised CLIP image embedding; the prompt plays no part.
+    from transformers import CLIPModel
+
+    from srpo_trl.rewards import clip_preprocess
+
+    clip = CLIPModel.from_pretrained(folder)
+    head = AestheticMLP(32)
+    head.load_state_dict(torch.load(f"{folder}/aesthetic-model.pth", weights_only=True))
+    embedding = clip.get_image_features(pixel_values=clip_preprocess(images.detach(), 224)).pooler_output
+    expected = head.eval()(F.normalize(embedding, dim=-1)).squeeze(-1)
+    torch.testing.assert_close(score, expected)
+    torch.testing.assert_close(reward.srp(images, ["x", "y"], "Real", "Painting", 0.3), score)
+    score.sum().backward()
+    assert images.grad.abs().sum() > 0
+    # Cast to bf16, the head stays in float32.
+    reward.to(torch.bfloat16)
+    assert reward.vision_model.dtype == torch.bfloat16 and reward.mlp.layers[0].weight.dtype == torch.float32
+
+
+def test_unknown_names_and_missing_paths_fail_with_the_valid_names(tmp_path):
+    with pytest.raises(ValueError, match="hpsv2.1"):
+        load_reward("hps-v3")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_reward(f"pickscore:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="registered reward name"):
+        SRPOTrainer(model=None, reward_funcs="not-a-reward", args=SRPOConfig(str(tmp_path), report_to="none"))
+
+
+def test_registry_documents_every_name():
+    assert set(REWARDS) == {"hpsv2.1", "hpsv2", "pickscore", "clip-vit-h-14", "clip-vit-l-14", "laion-aesthetic"}
+    for spec in REWARDS.values():
+        assert spec.checkpoint and spec.license and spec.output_scale and spec.parameters
+    assert [n for n, s in REWARDS.items() if not s.text_conditioned] == ["laion-aesthetic"]
+
+
+# ------------------------------------------------------------------------------ config: presets, dtype
+
+
+def test_control_word_presets(tmp_path):
+    args = SRPOConfig(str(tmp_path), control_words="detail", report_to="none")
+    assert args.positive_control_words == list(CONTROL_WORD_PRESETS["detail"].positive)
+    assert args.negative_control_words == list(CONTROL_WORD_PRESETS["detail"].negative)
+    recipe = SRPOConfig(str(tmp_path), control_words="hps-realism", report_to="none")
+    assert recipe.positive_control_words == ["Natural-lighting", "Detail", "Detailed", "Real"]
+    # A config saved with a preset reloads (its lists are then the preset's).
+    SRPOConfig(**{**args.to_dict(), "output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="control_words='realistic'.*valid presets"):
+        SRPOConfig(str(tmp_path), control_words="realistic")
+    with pytest.raises(ValueError, match="either a preset or explicit"):
+        SRPOConfig(str(tmp_path), control_words="detail", positive_control_words=["Real"])
+
+
+def test_reward_dtype(tmp_path):
+    assert SRPOConfig(str(tmp_path), bf16=False).reward_torch_dtype == torch.float32
+    assert SRPOConfig(str(tmp_path), bf16=False, reward_dtype="bfloat16").reward_torch_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="reward_dtype='int8'"):
+        SRPOConfig(str(tmp_path), reward_dtype="int8")
+
+
+# --------------------------------------------------------------------------- every name trains
+
+TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_every_registered_name_trains_the_tiny_pipeline_and_raises_its_reward(tmp_path, config, name, caplog):
+    path = save_copy(name, str(tmp_path / "reward"))
+    args = config(
+        max_steps=10,
+        learning_rate=0.1,
+        max_grad_norm=1.0,
+        per_device_train_batch_size=2,
+        rollout_steps=3,
+        reward_dtype="float32",
+        hinge_threshold=100.0,  # keep the hinge active so every step has a gradient
+        use_inversion_branch=False,  # its swapped words pull the other way: measure the denoise branch alone
+    )
+    with caplog.at_level(logging.WARNING, logger="srpo_trl"):
+        trainer = SRPOTrainer(
+            model=demo_pipeline(0),  # its VAE gives images with visible colour, so rewards move quickly
+            reward_funcs=f"{name}:{path}",
+            args=args,
+            train_dataset=TRAIN,
+            eval_dataset=TRAIN,  # random tiny rewards: measure on the prompts trained on
+            peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
+        )
+    reward = trainer.rewards[0]
+    assert reward.name == name and not reward.training
+    assert not any(p.requires_grad for p in reward.parameters())
+    assert ("image-only" in caplog.text) == (name == "laion-aesthetic")
+    before = trainer.evaluate()["eval_reward"]
+    trainer.train()
+    after = trainer.evaluate()["eval_reward"]
+    assert after > before, (name, before, after)
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert f"rewards/{name}/denoise" in logged
+
+
+def test_two_rewards_by_name_with_weights_in_bf16(tmp_path, config):
+    args = config(max_steps=2, reward_weights=[1.0, 0.5], reward_dtype="bfloat16")
+    trainer = SRPOTrainer(
+        model=tiny_flux_pipeline(0),
+        reward_funcs=[f"pickscore:{save_copy('pickscore', str(tmp_path / 'p'))}", ColorWordReward()],
+        args=args,
+        train_dataset=TRAIN,
+    )
+    assert trainer.rewards[0].model.dtype == torch.bfloat16
+    trainer.train()
+    logged = {k for row in trainer.state.log_history for k in row}
+    assert {"rewards/pickscore/denoise", "rewards/color/denoise", "reward/denoise"} <= logged
