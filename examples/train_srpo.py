@@ -1,7 +1,7 @@
 """Train a FLUX.1 pipeline with SRPO.
 
     python examples/train_srpo.py --model_name_or_path black-forest-labs/FLUX.1-dev \
-        --dataset_name prompts.txt --reward_model path/to/clip --output_dir flux-srpo --use_lora
+        --dataset_name prompts.txt --reward_funcs hpsv2.1 --output_dir flux-srpo --use_lora
     accelerate launch examples/train_srpo.py --config recipe.yaml
 
 Any `SRPOConfig` field is a flag too (`--rho 0.8`, `--resolution 720`, `--max_steps 200`, ...).
@@ -20,8 +20,15 @@ from srpo_trl import SRPOConfig, SRPOTrainer
 class ScriptArguments:
     model_name_or_path: str = field(metadata={"help": "Hub id or local path of a FluxPipeline."})
     dataset_name: str = field(metadata={"help": "Hub dataset id, or a local .txt file with one prompt per line."})
-    reward_model: str = field(metadata={"help": "Local folder holding a transformers CLIP model and tokenizer."})
     dataset_split: str = field(default="train", metadata={"help": "Dataset split to train on."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["hpsv2.1"],
+        metadata={
+            "help": "Reward names (hpsv2.1, hpsv2, pickscore, clip-vit-h-14, clip-vit-l-14, laion-aesthetic), "
+            "'name:local_path', or local CLIP folders; weights via --reward_weights.",
+            "nargs": "+",
+        },
+    )
     use_lora: bool = field(default=False, metadata={"help": "Train a LoRA instead of the full transformer."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
@@ -36,7 +43,7 @@ def main():
     peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha) if script_args.use_lora else None
     trainer = SRPOTrainer(
         model=script_args.model_name_or_path,
-        reward_funcs=script_args.reward_model,
+        reward_funcs=script_args.reward_funcs,
         args=training_args,
         train_dataset=dataset,
         peft_config=peft_config,

@@ -260,6 +260,7 @@ def test_every_registered_name_trains_the_tiny_pipeline_and_raises_its_reward(tm
     assert reward.name == name and not reward.training
     assert not any(p.requires_grad for p in reward.parameters())
     assert ("image-only" in caplog.text) == (name == "laion-aesthetic")
+    assert ("plain Direct-Align" in str(trainer.model_card(str(tmp_path)))) == (name == "laion-aesthetic")
     before = trainer.evaluate()["eval_reward"]
     trainer.train()
     after = trainer.evaluate()["eval_reward"]
@@ -280,3 +281,26 @@ def test_two_rewards_by_name_with_weights_in_bf16(tmp_path, config):
     trainer.train()
     logged = {k for row in trainer.state.log_history for k in row}
     assert {"rewards/pickscore/denoise", "rewards/color/denoise", "reward/denoise"} <= logged
+
+
+def test_example_script_trains_with_a_registered_reward_name(tmp_path):
+    import subprocess
+    import sys
+
+    pipe_dir = tmp_path / "pipe"
+    tiny_flux_pipeline(0).save_pretrained(pipe_dir)
+    hps = save_copy("hpsv2.1", str(tmp_path / "hps"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "examples/train_srpo.py", "--model_name_or_path", str(pipe_dir), "--dataset_name",
+        str(prompts), "--reward_funcs", f"hpsv2.1:{hps}", "--output_dir", str(out), "--max_steps", "1",
+        "--resolution", "64", "--rollout_steps", "2", "--max_sequence_length", "16", "--report_to", "none",
+        "--use_lora", "--lora_r", "4", "--lora_alpha", "4", "--control_words", "detail",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    card = (out / "README.md").read_text()
+    assert "hpsv2.1" in card and "Sharp" in card
