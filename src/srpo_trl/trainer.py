@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -12,8 +13,10 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import direct_align
+from .checkpointing import STAGING_DIR_NAME, load_full_checkpoint, load_lora_checkpoint, publish_staged_folder
 from .config import SRPOConfig
 from .hub import build_model_card
 from .models import get_adapter
@@ -150,6 +153,7 @@ class SRPOTrainer(Trainer):
         self._move_frozen_parts(self.accelerator.device)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
+        self._staging_checkpoint = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -389,6 +393,52 @@ class SRPOTrainer(Trainer):
             transformer.save_pretrained(os.path.join(output_dir, self.adapter.trainable_component))
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
+
+    # ------------------------------------------------------ checkpoints, resume
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        # While a checkpoint is being written, the Trainer writes it under the staging folder.
+        return os.path.join(run_dir, STAGING_DIR_NAME) if self._staging_checkpoint else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint (weights, optimizer, scheduler, RNG, state), written atomically.
+
+        Everything is written to `{output_dir}/.srpo-staging/checkpoint-N` first and renamed to
+        `checkpoint-N` once every process has finished, so an interrupted save leaves the previous
+        checkpoint as the latest complete one. The control-word cycle and the rollout noise are keyed
+        by the global step, which the checkpoint's trainer state restores.
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged = os.path.join(run_dir, STAGING_DIR_NAME, name)
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)  # leftovers of an interrupted save
+        self.accelerator.wait_for_everyone()
+        self._staging_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_checkpoint = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            publish_staged_folder(staged, os.path.join(run_dir, name))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load the trainable weights of a checkpoint written by [`_save_checkpoint`]."""
+        transformer = self.accelerator.unwrap_model(model if model is not None else self.model)
+        component = self.adapter.trainable_component
+        if self.peft_config is not None:
+            load_lora_checkpoint(transformer, resume_from_checkpoint, component)
+        else:
+            load_full_checkpoint(transformer, resume_from_checkpoint, component)
 
     def model_card(self, repo_or_dir: str):
         """The model card of the current result (see [`srpo_trl.hub.build_model_card`])."""

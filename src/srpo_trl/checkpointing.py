@@ -1,0 +1,67 @@
+"""Checkpoints: reading our diffusers-layout weights back for exact resume, and atomic folder writes.
+
+A checkpoint folder is written as the final result is (LoRA safetensors, or `transformer/`) plus the
+Trainer's optimizer, scheduler, RNG and state files. It is assembled in a hidden staging folder and
+renamed into place only when complete, so a crash mid-save never leaves a half-written
+`checkpoint-N` that `resume_from_checkpoint=True` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from torch import nn
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+STAGING_DIR_NAME = ".srpo-staging"  # not matched by transformers' `checkpoint-N` pattern
+
+
+def load_lora_checkpoint(transformer: nn.Module, folder: str, component: str) -> None:
+    """Load LoRA weights written by `save_lora_weights` (keys `"{component}.<module>.lora_A.weight"`)."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, LORA_WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"resume_from_checkpoint: {folder!r} holds no {LORA_WEIGHTS_NAME}")
+    prefix = component + "."
+    state = {k.removeprefix(prefix): v for k, v in load_file(path).items()}
+    result = set_peft_model_state_dict(transformer, state)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise ValueError(f"resume_from_checkpoint: LoRA weights in {path} match no module: {unexpected[:5]}")
+
+
+def load_full_checkpoint(transformer: nn.Module, folder: str, component: str) -> None:
+    """Load a transformer written by `save_pretrained` into `{folder}/{component}` (single or sharded)."""
+    from safetensors.torch import load_file
+
+    root = os.path.join(folder, component)
+    index = os.path.join(root, "diffusion_pytorch_model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["diffusion_pytorch_model.safetensors"]
+    paths = [os.path.join(root, f) for f in files]
+    if not all(os.path.isfile(p) for p in paths):
+        raise FileNotFoundError(f"resume_from_checkpoint: {root!r} holds no complete safetensors transformer")
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(load_file(path))
+    transformer.load_state_dict(state, strict=True)
+
+
+def publish_staged_folder(staged: str, final: str) -> None:
+    """Move a completely written folder into place, replacing an older one of the same name."""
+    if os.path.exists(final):  # the same step saved again (e.g. after a resume): keep only the new one
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staged, final)
