@@ -18,10 +18,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from . import direct_align
 from .checkpointing import STAGING_DIR_NAME, load_full_checkpoint, load_lora_checkpoint, publish_staged_folder
 from .config import SRPOConfig
+from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .hub import build_model_card
 from .models import get_adapter
 from .rewards import Reward, as_reward, load_reward, with_control_word
 from .rewards.aesthetic import IMAGE_ONLY_NOTICE
+from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,14 @@ class SRPOTrainer(Trainer):
                         "one word (e.g. the recipe's)"
                     )
 
+        self.offline = (
+            args.offline if args.offline is not None else has_image_column(train_dataset, args.dataset_image_column)
+        )
+        image_column = args.dataset_image_column if self.offline else None
+        check_dataset(train_dataset, args.dataset_prompt_column, "train_dataset", image_column)
+        if not isinstance(eval_dataset, dict):
+            check_dataset(eval_dataset, args.dataset_prompt_column, "eval_dataset")
+
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         self.height, self.width = args.image_size
@@ -151,6 +161,15 @@ class SRPOTrainer(Trainer):
             optimizers=optimizers,
         )
         self._move_frozen_parts(self.accelerator.device)
+        if self.offline:
+            logger.warning(
+                "offline mode: x0 is the VAE encoding of the train dataset's %r images (resized and centre-cropped "
+                "to %sx%s) with fresh noise per sample; no rollout",
+                args.dataset_image_column,
+                self.height,
+                self.width,
+            )
+        self.text_cache = self._build_text_cache(train_dataset, eval_dataset)
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
         self._staging_checkpoint = False
@@ -217,9 +236,38 @@ class SRPOTrainer(Trainer):
         for reward in self.rewards:
             reward.to(device)
 
-    def _collate(self, features: list[dict]) -> dict[str, list[str]]:
+    def _build_text_cache(self, train_dataset, eval_dataset) -> TextEmbeddingCache:
+        """Encode the datasets' prompts once and release the text encoders (see `srpo_trl.text_cache`)."""
+        args = self.args
+        cache = TextEmbeddingCache(self.adapter, self.accelerator.device, args.text_embedding_cache_dir)
+        if not args.cache_text_embeddings:
+            cache.keep_new_prompts = False
+            return cache
+        column = args.dataset_prompt_column
+        train_prompts = dataset_prompts(train_dataset, column)
+        eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+        eval_prompts = [p for d in eval_sets for p in (dataset_prompts(d, column) or [])]
+        cache.precompute(
+            (train_prompts or []) + eval_prompts, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        self.accelerator.wait_for_everyone()  # a shared disk cache is complete before anyone reads it
+        if train_prompts is None:
+            # A stream's prompts are unknown in advance: the encoders stay, and only a disk cache keeps them.
+            cache.keep_new_prompts = args.text_embedding_cache_dir is not None
+            logger.warning("streamed train_dataset: prompts are encoded as they arrive; text encoders stay in place")
+        elif args.release_text_encoders:
+            cache.release_encoders()
+        return cache
+
+    def _collate(self, features: list[dict]) -> dict:
         column = self.args.dataset_prompt_column
-        return {"prompt": [f[column] for f in features]}
+        batch = {"prompt": check_prompts([f[column] for f in features], column)}
+        image_column = self.args.dataset_image_column
+        if self.offline and image_column in features[0]:  # eval prompts come without images
+            batch["images"] = torch.stack(
+                [image_to_tensor(f[image_column], self.height, self.width) for f in features]
+            )
+        return batch
 
     # ------------------------------------------------------------ randomness
 
@@ -250,7 +298,7 @@ class SRPOTrainer(Trainer):
     def generate(self, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
         """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's sampler."""
         device = self.accelerator.device
-        text = self.adapter.encode_prompts(list(prompts), device)
+        text = self.text_cache.get(list(prompts))
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
         x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
@@ -266,10 +314,13 @@ class SRPOTrainer(Trainer):
         args = self.args
         generator = self._step_generator()
 
-        # 1. Clean latent x0 from a rollout of the current model, and its noise prior eps.
-        text = self.adapter.encode_prompts(prompts, device)
+        # 1. Clean latent x0 (a rollout of the current model, or a real image offline) and its noise eps.
+        text = self.text_cache.get(prompts)
         eps = self.adapter.sample_noise(batch, self.height, self.width, generator, device)
-        x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
+        if self.offline:
+            x0 = self.adapter.encode_images(inputs["images"].to(device), self.height, self.width)
+        else:
+            x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
 
         # 2. Levels per sample; the branches go through the transformer as one batch, denoise first.
         levels = [self.window.levels_for(self.window.sample_m(generator)) for _ in range(batch)]
@@ -451,6 +502,7 @@ class SRPOTrainer(Trainer):
             "rho": args.rho,
             "denoise_discount": args.denoise_discount,
             "inversion_discount": args.inversion_discount if args.use_inversion_branch else "off",
+            "x0": "real images (offline mode)" if self.offline else "rollouts of the current model",
             "hinge_threshold": args.hinge_threshold,
             "positive_control_words": args.positive_control_words,
             "negative_control_words": args.negative_control_words,

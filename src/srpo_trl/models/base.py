@@ -25,8 +25,12 @@ class ModelAdapter(Protocol):
     trainable_component: ClassVar[str]
     #: Module names a LoRA targets by default.
     default_lora_target_modules: ClassVar[list[str]]
+    #: Pipeline components (encoders and tokenizers) that make the text conditioning; they never train.
+    text_components: ClassVar[tuple[str, ...]]
 
     pipeline: Any
+    #: Text tokens per prompt.
+    max_sequence_length: int
 
     @property
     def latent_granularity(self) -> int:
@@ -57,6 +61,9 @@ class ModelAdapter(Protocol):
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode latents to float32 images `[B, 3, H, W]` in [0, 1], differentiably."""
+
+    def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""
 
     def save_lora_weights(self, output_dir: str, lora_state_dict: dict[str, torch.Tensor]) -> None:
         """Write LoRA weights that the family's stock diffusers pipeline loads with `load_lora_weights`."""

@@ -57,6 +57,9 @@ class FluxAdapter:
         "proj_out",
     ]
 
+    #: Pipeline components that make the text conditioning (cached, then moved off the accelerator).
+    text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
     def __init__(self, pipeline, max_sequence_length: int = 512):
         self.pipeline = pipeline
         self.max_sequence_length = max_sequence_length
@@ -124,6 +127,14 @@ class FluxAdapter:
         z = z / vae.config.scaling_factor + vae.config.shift_factor
         images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images, height, width) -> torch.Tensor:
+        vae = self.pipeline.vae
+        # The posterior's mean: the same image always gives the same x0 (the noise is drawn separately).
+        z = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
+        z = (z.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        return pack_latents(z)
 
     def save_lora_weights(self, output_dir, lora_state_dict) -> None:
         type(self.pipeline).save_lora_weights(output_dir, transformer_lora_layers=lora_state_dict)

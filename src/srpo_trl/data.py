@@ -1,0 +1,127 @@
+"""Prompt datasets: loading from the Hub or local files, checking prompts, and real images for offline mode."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+_LOCAL_FORMATS = {".txt": "text", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_prompt_dataset(
+    name_or_path: str,
+    split: str = "train",
+    prompt_column: str = "prompt",
+    shuffle_seed: int | None = None,
+    streaming: bool = False,
+):
+    """A `datasets.Dataset` of prompts from a hub dataset id, a local folder, or a local file.
+
+    Local files: `.txt` (one prompt a line, becomes the `prompt_column`), `.csv`, `.json`, `.jsonl`,
+    `.parquet`. `shuffle_seed` shuffles the rows once, reproducibly.
+    """
+    from datasets import load_dataset
+
+    extension = os.path.splitext(name_or_path)[1].lower()
+    if extension in _LOCAL_FORMATS:
+        if not os.path.isfile(name_or_path):
+            raise FileNotFoundError(f"dataset file {name_or_path!r} does not exist")
+        # Local files form a single split, always called "train" by `datasets`.
+        dataset = load_dataset(_LOCAL_FORMATS[extension], data_files=name_or_path, split="train", streaming=streaming)
+        if extension == ".txt" and prompt_column != "text":
+            dataset = dataset.rename_column("text", prompt_column)
+    else:
+        dataset = load_dataset(name_or_path, split=split, streaming=streaming)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(seed=shuffle_seed)
+    return dataset
+
+
+def _columns(dataset) -> list[str] | None:
+    names = getattr(dataset, "column_names", None)
+    if names is None and getattr(dataset, "features", None) is not None:
+        names = list(dataset.features)
+    return list(names) if names is not None else None
+
+
+def bad_prompt(value) -> bool:
+    return not isinstance(value, str) or not value.strip()
+
+
+def check_dataset(dataset, prompt_column: str, what: str = "train_dataset", image_column: str | None = None) -> None:
+    """Raise a `ValueError` naming the problem if the dataset cannot feed SRPO (before any model work).
+
+    Map-style datasets are checked row by row (empty or non-string prompts are listed by index);
+    streamed datasets only by their declared columns, and their rows as they arrive (see `check_prompts`).
+    """
+    if dataset is None:
+        return
+    columns = _columns(dataset)
+    if columns is not None:
+        for column in filter(None, (prompt_column, image_column)):
+            if column not in columns:
+                raise ValueError(
+                    f"{what} has no column {column!r}; its columns are {columns}. Set "
+                    f"SRPOConfig.{'dataset_prompt_column' if column == prompt_column else 'dataset_image_column'}."
+                )
+    if not hasattr(dataset, "__len__"):
+        return
+    if len(dataset) == 0:
+        raise ValueError(f"{what} is empty: SRPO needs at least one prompt")
+    prompts = dataset[prompt_column] if hasattr(dataset, "column_names") else [row[prompt_column] for row in dataset]
+    bad = [i for i, p in enumerate(prompts) if bad_prompt(p)]
+    if bad:
+        examples = ", ".join(f"row {i}: {prompts[i]!r}" for i in bad[:5])
+        raise ValueError(
+            f"{what}: {len(bad)} of {len(prompts)} rows have an empty or non-string {prompt_column!r} ({examples}"
+            f"{', ...' if len(bad) > 5 else ''}); remove them, e.g. dataset.filter(lambda r: "
+            f"isinstance(r[{prompt_column!r}], str) and r[{prompt_column!r}].strip())"
+        )
+
+
+def check_prompts(prompts: list, prompt_column: str) -> list[str]:
+    """The batch's prompts, or a `ValueError` naming the first bad one (for streamed datasets)."""
+    for p in prompts:
+        if bad_prompt(p):
+            raise ValueError(f"dataset row with an empty or non-string {prompt_column!r}: {p!r}")
+    return list(prompts)
+
+
+def dataset_prompts(dataset, prompt_column: str) -> list[str] | None:
+    """All prompts of a map-style dataset (for caching their embeddings), or `None` for a stream."""
+    if dataset is None:
+        return []
+    if not hasattr(dataset, "__len__"):
+        return None
+    if hasattr(dataset, "column_names"):
+        return list(dataset[prompt_column])
+    return [dataset[i][prompt_column] for i in range(len(dataset))]
+
+
+def has_image_column(dataset, image_column: str) -> bool:
+    columns = _columns(dataset)
+    return columns is not None and image_column in columns
+
+
+def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
+    """A PIL image, or a path to one, as a float tensor `[3, height, width]` in [0, 1].
+
+    Resized (bicubic, antialiased by PIL) so that it covers `height x width`, then centre-cropped.
+    """
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image {str(image)!r} does not exist")
+        image = Image.open(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a path in the image column, got {type(image).__name__}")
+    image = image.convert("RGB")
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    image = image.crop((left, top, left + width, top + height))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
