@@ -74,6 +74,7 @@ def build_model_card(
     training_summary: dict[str, object],
     pipeline_class: str = "FluxPipeline",
     reward_names: list[str] | None = None,
+    samples: list[tuple[str, str]] | None = None,
 ) -> ModelCard:
     """A model card for an SRPO result.
 
@@ -84,6 +85,7 @@ def build_model_card(
         training_summary: config values shown in the card's table.
         pipeline_class: the diffusers pipeline class that loads the result.
         reward_names: names of the reward functions used.
+        samples: `(prompt, relative image path)` pairs; shown in the card and as the Hub's widget.
     """
     license_meta = base_model_license(base_model)
     is_hub_id = bool(base_model) and not os.path.isdir(base_model)
@@ -92,8 +94,12 @@ def build_model_card(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         tags=TAGS + (["lora"] if lora else []),
+        widget=[{"text": prompt, "output": {"url": path}} for prompt, path in samples] if samples else None,
         **license_meta,
     )
+    gallery = ""
+    if samples:
+        gallery = "\n## Samples\n\n" + "\n".join(f"![{prompt}]({path})" for prompt, path in samples) + "\n"
     base = base_model or "<base model>"
     kind = "a LoRA" if lora else "a full fine-tune of the transformer"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in training_summary.items())
@@ -117,6 +123,7 @@ with Direct-Align, [arXiv 2509.06942](https://huggingface.co/papers/2509.06942))
 {_loading_snippet(base, repo_or_dir, lora, pipeline_class)}
 ```
 
+{gallery}
 ## Training configuration
 
 | setting | value |

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 import shutil
@@ -16,7 +18,13 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from . import direct_align
-from .checkpointing import STAGING_DIR_NAME, load_full_checkpoint, load_lora_checkpoint, publish_staged_folder
+from .checkpointing import (
+    LORA_WEIGHTS_NAME,
+    STAGING_DIR_NAME,
+    load_full_checkpoint,
+    load_lora_checkpoint,
+    publish_staged_folder,
+)
 from .config import SRPOConfig
 from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .hub import build_model_card
@@ -26,6 +34,8 @@ from .rewards.aesthetic import IMAGE_ONLY_NOTICE
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
+
+SAMPLES_DIR = "samples"  # sample images shown by the model card
 
 RewardLike = Reward | Callable | str
 
@@ -442,8 +452,77 @@ class SRPOTrainer(Trainer):
             self.adapter.save_lora_weights(output_dir, get_peft_model_state_dict(transformer))
         else:
             transformer.save_pretrained(os.path.join(output_dir, self.adapter.trainable_component))
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        torch.save(self._args_without_token(), os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
+
+    def _args_without_token(self) -> SRPOConfig:
+        """The config as saved to disk: a hub token is never written."""
+        args = copy.copy(self.args)
+        args.hub_token = None
+        return args
+
+    # ---------------------------------------------------------- samples, hub
+
+    def save_samples(self, prompts: Sequence[str], seed: int = 0, output_dir: str | None = None) -> list[str]:
+        """Generate one image per prompt with the current model into `{output_dir}/samples/`.
+
+        The model card shows them (and the Hub's widget) the next time it is written. Returns the paths.
+        """
+        from PIL import Image
+
+        output_dir = output_dir or self.args.output_dir
+        images = self.generate(list(prompts), seed=seed)  # on every process: sharded models need all ranks
+        paths = []
+        if self.is_world_process_zero():
+            folder = os.path.join(output_dir, SAMPLES_DIR)
+            os.makedirs(folder, exist_ok=True)
+            pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            for i, array in enumerate(pixels):
+                paths.append(os.path.join(folder, f"sample_{i}.png"))
+                Image.fromarray(array).save(paths[-1])
+            with open(os.path.join(folder, "prompts.json"), "w") as f:
+                json.dump([{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png"} for i, p in enumerate(prompts)], f)
+        return paths
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Upload the diffusers-loadable result (LoRA safetensors or `transformer/`), the model card and samples.
+
+        Only those files go up (not checkpoints, logs or staging folders). The upload reads the local folder
+        and never changes it, so a failed push leaves the local result as it was.
+        """
+        from transformers.trainer import hf_api
+
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card()
+        self._finish_current_push()
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=self.args.output_dir,
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            allow_patterns=[
+                LORA_WEIGHTS_NAME,
+                f"{self.adapter.trainable_component}/*",
+                "README.md",
+                TRAINING_ARGS_NAME,
+                f"{SAMPLES_DIR}/*",
+            ],
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
 
     # ------------------------------------------------------ checkpoints, resume
 
@@ -514,7 +593,13 @@ class SRPOTrainer(Trainer):
         image_only = [r.name for r in self.rewards if not r.text_conditioned]
         if image_only:
             summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
+        samples_index = os.path.join(self.args.output_dir, SAMPLES_DIR, "prompts.json")
+        samples = None
+        if os.path.isfile(samples_index):
+            with open(samples_index) as f:
+                samples = [(row["prompt"], row["image"]) for row in json.load(f)]
         return build_model_card(
+            samples=samples,
             base_model=getattr(self.pipeline, "name_or_path", None) or None,
             lora=self.peft_config is not None,
             repo_or_dir=repo_or_dir,
