@@ -9,18 +9,24 @@ Any `SRPOConfig` field is a flag too (`--rho 0.8`, `--resolution 720`, `--max_st
 
 from dataclasses import dataclass, field
 
-from datasets import load_dataset
 from peft import LoraConfig
 from trl import TrlParser
 
 from srpo_trl import SRPOConfig, SRPOTrainer
+from srpo_trl.data import load_prompt_dataset
 
 
 @dataclass
 class ScriptArguments:
     model_name_or_path: str = field(metadata={"help": "Hub id or local path of a FluxPipeline."})
-    dataset_name: str = field(metadata={"help": "Hub dataset id, or a local .txt file with one prompt per line."})
-    dataset_split: str = field(default="train", metadata={"help": "Dataset split to train on."})
+    dataset_name: str = field(
+        metadata={
+            "help": "Hub dataset id, local folder, or local file: .txt (one prompt a line), .csv, .json, .jsonl, "
+            ".parquet. A column of images (see --dataset_image_column) turns on offline mode."
+        }
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Dataset split to train on (hub datasets)."})
+    dataset_shuffle_seed: int | None = field(default=None, metadata={"help": "Shuffle the rows once with this seed."})
     reward_funcs: list[str] = field(
         default_factory=lambda: ["hpsv2.1"],
         metadata={
@@ -36,10 +42,12 @@ class ScriptArguments:
 
 def main():
     script_args, training_args = TrlParser((ScriptArguments, SRPOConfig)).parse_args_and_config()
-    if script_args.dataset_name.endswith(".txt"):
-        dataset = load_dataset("text", data_files=script_args.dataset_name)["train"].rename_column("text", "prompt")
-    else:
-        dataset = load_dataset(script_args.dataset_name, split=script_args.dataset_split)
+    dataset = load_prompt_dataset(
+        script_args.dataset_name,
+        split=script_args.dataset_split,
+        prompt_column=training_args.dataset_prompt_column,
+        shuffle_seed=script_args.dataset_shuffle_seed,
+    )
     peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha) if script_args.use_lora else None
     trainer = SRPOTrainer(
         model=script_args.model_name_or_path,

@@ -290,14 +290,14 @@ def test_example_script_trains_with_a_registered_reward_name(tmp_path):
     pipe_dir = tmp_path / "pipe"
     tiny_flux_pipeline(0).save_pretrained(pipe_dir)
     hps = save_copy("hpsv2.1", str(tmp_path / "hps"))
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a cat\na dog\n")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,source\na cat,x\na dog,y\n")
     out = tmp_path / "out"
     command = [
         sys.executable, "examples/train_srpo.py", "--model_name_or_path", str(pipe_dir), "--dataset_name",
         str(prompts), "--reward_funcs", f"hpsv2.1:{hps}", "--output_dir", str(out), "--max_steps", "1",
         "--resolution", "64", "--rollout_steps", "2", "--max_sequence_length", "16", "--report_to", "none",
-        "--use_lora", "--lora_r", "4", "--lora_alpha", "4", "--control_words", "detail",
+        "--use_lora", "--lora_r", "4", "--lora_alpha", "4", "--control_words", "detail", "--dataset_shuffle_seed", "3",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
