@@ -45,6 +45,9 @@ class SRPOConfig(TrainingArguments):
             Kept `False`: the trainer reads the columns it needs itself.
         dataset_image_column (`str`, *optional*, defaults to `"image"`):
             Column of real images (PIL images or paths) for offline mode.
+        dataset_reference_image_column (`str`, *optional*, defaults to `"reference_image"`):
+            Column of reference images (PIL or paths) for image-editing families (FLUX.1 Kontext): the image each
+            prompt edits, resized and centre-cropped to `resolution`. Used as conditioning, never rewarded.
         offline (`bool`, *optional*):
             Offline mode (the paper's real-image variant): `x0` is the VAE encoding of the dataset's image, resized
             and centre-cropped to `resolution`, with fresh noise per sample, instead of a rollout. Defaults to on
@@ -132,6 +135,10 @@ class SRPOConfig(TrainingArguments):
     dataset_prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompts."})
     dataset_image_column: str = field(
         default="image", metadata={"help": "Dataset column holding real images (PIL or paths) for offline mode."}
+    )
+    dataset_reference_image_column: str = field(
+        default="reference_image",
+        metadata={"help": "Dataset column holding each prompt's reference image (image-editing families: Kontext)."},
     )
     offline: bool | None = field(
         default=None,

@@ -140,6 +140,14 @@ class SRPOTrainer(Trainer):
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         self.height, self.width = args.image_size
+        if self.adapter.requires_reference_image:  # checked before any model work, like the prompts
+            check_dataset(
+                train_dataset, args.dataset_prompt_column, "train_dataset", args.dataset_reference_image_column
+            )
+            if not isinstance(eval_dataset, dict):
+                check_dataset(
+                    eval_dataset, args.dataset_prompt_column, "eval_dataset", args.dataset_reference_image_column
+                )
         g = self.adapter.latent_granularity
         if self.height % g or self.width % g:
             raise ValueError(
@@ -272,6 +280,11 @@ class SRPOTrainer(Trainer):
     def _collate(self, features: list[dict]) -> dict:
         column = self.args.dataset_prompt_column
         batch = {"prompt": check_prompts([f[column] for f in features], column)}
+        if self.adapter.requires_reference_image:
+            reference_column = self.args.dataset_reference_image_column
+            batch["reference_images"] = torch.stack(
+                [image_to_tensor(f[reference_column], self.height, self.width) for f in features]
+            )
         image_column = self.args.dataset_image_column
         if self.offline and image_column in features[0]:  # eval prompts come without images
             batch["images"] = torch.stack(
@@ -304,11 +317,31 @@ class SRPOTrainer(Trainer):
 
         return direct_align.euler_sample(velocity, eps, self.rollout_sigmas)
 
+    def _conditioning(self, prompts: list[str], reference_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Cached text embeddings, plus the reference images' latents for image-editing families."""
+        conditioning = self.text_cache.get(prompts)
+        if self.adapter.requires_reference_image:
+            if reference_images is None:
+                raise ValueError(
+                    f"{type(self.pipeline).__name__} edits a reference image: give one per prompt "
+                    f"(dataset column {self.args.dataset_reference_image_column!r}, or generate(reference_images=...))"
+                )
+            device = self.accelerator.device
+            conditioning = self.adapter.add_reference(
+                conditioning, reference_images.to(device), self.height, self.width
+            )
+        return conditioning
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], seed: int = 0) -> torch.Tensor:
-        """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's sampler."""
+    def generate(
+        self, prompts: Sequence[str], seed: int = 0, reference_images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's sampler.
+
+        `reference_images` (`[B, 3, H, W]` in [0, 1]) are required by image-editing families (Kontext).
+        """
         device = self.accelerator.device
-        text = self.text_cache.get(list(prompts))
+        text = self._conditioning(list(prompts), reference_images)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
         x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
@@ -325,7 +358,7 @@ class SRPOTrainer(Trainer):
         generator = self._step_generator()
 
         # 1. Clean latent x0 (a rollout of the current model, or a real image offline) and its noise eps.
-        text = self.text_cache.get(prompts)
+        text = self._conditioning(prompts, inputs.get("reference_images"))
         eps = self.adapter.sample_noise(batch, self.height, self.width, generator, device)
         if self.offline:
             x0 = self.adapter.encode_images(inputs["images"].to(device), self.height, self.width)
@@ -411,7 +444,9 @@ class SRPOTrainer(Trainer):
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         for index, inputs in enumerate(dataloader):
             prompts = inputs["prompt"]
-            images = self.generate(prompts, seed=self.args.seed + index)
+            images = self.generate(
+                prompts, seed=self.args.seed + index, reference_images=inputs.get("reference_images")
+            )
             with torch.no_grad():
                 total = torch.zeros(len(prompts), device=images.device)
                 for reward, weight in zip(self.rewards, self.reward_weights):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import ModelAdapter
 from .flux import FluxAdapter
+from .flux_kontext import FluxKontextAdapter
 
 # Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
-ADAPTERS: dict[str, type] = {"FluxPipeline": FluxAdapter}
+ADAPTERS: dict[str, type] = {"FluxPipeline": FluxAdapter, "FluxKontextPipeline": FluxKontextAdapter}
 
 
 def get_adapter(pipeline, **kwargs) -> ModelAdapter:
@@ -17,4 +18,4 @@ def get_adapter(pipeline, **kwargs) -> ModelAdapter:
     raise ValueError(f"model: unsupported pipeline class {type(pipeline).__name__!r}; supported: {sorted(ADAPTERS)}")
 
 
-__all__ = ["ADAPTERS", "FluxAdapter", "ModelAdapter", "get_adapter"]
+__all__ = ["ADAPTERS", "FluxAdapter", "FluxKontextAdapter", "ModelAdapter", "get_adapter"]

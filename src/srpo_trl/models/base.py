@@ -25,6 +25,8 @@ class ModelAdapter(Protocol):
     trainable_component: ClassVar[str]
     #: Module names a LoRA targets by default.
     default_lora_target_modules: ClassVar[list[str]]
+    #: Whether each prompt comes with a reference image (image editing, e.g. FLUX.1 Kontext).
+    requires_reference_image: ClassVar[bool]
     #: Pipeline components (encoders and tokenizers) that make the text conditioning; they never train.
     text_components: ClassVar[tuple[str, ...]]
 
@@ -61,6 +63,11 @@ class ModelAdapter(Protocol):
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode latents to float32 images `[B, 3, H, W]` in [0, 1], differentiably."""
+
+    def add_reference(
+        self, conditioning: dict[str, torch.Tensor], reference_images: torch.Tensor, height: int, width: int
+    ) -> dict[str, torch.Tensor]:
+        """`conditioning` plus whatever `velocity` needs of the reference images (batch-first tensors)."""
 
     def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""

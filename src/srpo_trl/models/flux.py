@@ -57,6 +57,8 @@ class FluxAdapter:
         "proj_out",
     ]
 
+    #: Whether each prompt needs a reference image (image editing families such as Kontext).
+    requires_reference_image: ClassVar[bool] = False
     #: Pipeline components that make the text conditioning (cached, then moved off the accelerator).
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
@@ -127,6 +129,10 @@ class FluxAdapter:
         z = z / vae.config.scaling_factor + vae.config.shift_factor
         images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def add_reference(self, conditioning, reference_images, height, width):
+        """Conditioning with the reference images added; text-to-image families have none."""
+        return conditioning
 
     @torch.no_grad()
     def encode_images(self, images, height, width) -> torch.Tensor:

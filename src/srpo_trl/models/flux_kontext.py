@@ -1,0 +1,58 @@
+"""FLUX.1 Kontext adapter: `diffusers.FluxKontextPipeline` (image editing with a reference image).
+
+Kontext is a FLUX.1 transformer that also sees a reference image: the reference's VAE latents,
+packed like the generated ones, are appended to the image tokens with positional ids whose first
+coordinate is 1 (the generated tokens have 0). The transformer's output for the reference tokens
+is dropped. So in SRPO the reference is conditioning, like the text: only the generated image is
+noised, stepped, recovered and rewarded. The dataset gives the reference image per prompt.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .flux import FluxAdapter
+
+
+class FluxKontextAdapter(FluxAdapter):
+    """Adapter for `FluxKontextPipeline` (FLUX.1 Kontext [dev] and fine-tunes)."""
+
+    family: ClassVar[str] = "flux-kontext"
+    requires_reference_image: ClassVar[bool] = True
+
+    @torch.no_grad()
+    def add_reference(self, conditioning, reference_images, height, width):
+        """Conditioning plus the reference images' packed latents (`[B, tokens, C]`) and ids (`[B, tokens, 3]`).
+
+        The reference is resized to the training size by the data pipeline, so its ids match a same-size grid.
+        """
+        latents = self.encode_images(reference_images, height, width)
+        lh, lw = self._latent_size(height, width)
+        ids = self._image_ids(lh, lw, latents.device).clone()
+        ids[:, 0] = 1  # Kontext marks reference tokens with a first coordinate of 1
+        batch = latents.shape[0]
+        return {**conditioning, "reference_latents": latents, "reference_ids": ids.expand(batch, -1, -1)}
+
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+        reference = text.get("reference_latents")
+        if reference is None:
+            raise ValueError("FluxKontextAdapter.velocity: the conditioning has no reference image latents")
+        lh, lw = self._latent_size(height, width)
+        tokens = latents.shape[1]
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((latents.shape[0],), guidance_scale, device=latents.device, dtype=torch.float32)
+        dtype = self.pipeline.transformer.dtype
+        out = transformer(
+            hidden_states=torch.cat([latents, reference.to(latents.dtype)], dim=1).to(dtype),
+            timestep=sigma.to(latents.device),
+            guidance=guidance,
+            pooled_projections=text["pooled_prompt_embeds"],
+            encoder_hidden_states=text["prompt_embeds"],
+            txt_ids=text["text_ids"][0],
+            img_ids=torch.cat([self._image_ids(lh, lw, latents.device), text["reference_ids"][0]], dim=0),
+            return_dict=False,
+        )[0]
+        return out[:, :tokens]  # the reference tokens' outputs are not part of the image
