@@ -10,12 +10,18 @@ from PIL import Image
 from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.demo import demo_pipeline
 from srpo_trl.models import FluxKontextAdapter, get_adapter
+from srpo_trl.testing import tiny_flux_kontext_pipeline
 
 
 def kontext(pipe):
-    """The same tiny FLUX.1 components as a Kontext pipeline (Kontext is a FLUX.1 transformer)."""
+    """The demo's FLUX.1 components (a VAE with visible colour) under the Kontext pipeline class."""
     names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
     return FluxKontextPipeline(**{name: pipe.components[name] for name in names})
+
+
+def test_tiny_kontext_pipeline_builder():
+    pipe = tiny_flux_kontext_pipeline(0)
+    assert isinstance(pipe, FluxKontextPipeline) and isinstance(get_adapter(pipe), FluxKontextAdapter)
 
 
 def _data(n):

@@ -7,11 +7,14 @@ that runs on them runs unchanged on FLUX.1-dev.
 - [`tiny_flux_pipeline`]: a [`~diffusers.FluxPipeline`] with a FLUX.1-dev-like transformer (guidance
   embedding on), VAE, CLIP and T5 text encoders with their tokenizers, and a flow-matching scheduler.
 - [`tiny_clip_reward`]: a [`~srpo_trl.rewards.CLIPReward`] over a tiny random `CLIPModel`.
+- [`flux_dev_pipeline`], [`vit_h_clip_reward`]: FLUX.1-dev's transformer and VAE, and a ViT-H-14 CLIP reward
+  (HPSv2's architecture), full size with random weights, built directly on a device: for benchmarks.
 """
 
 from __future__ import annotations
 
 import string
+from contextlib import contextmanager
 
 import torch
 from tokenizers import Tokenizer
@@ -218,3 +221,315 @@ def tiny_clip_reward(seed: int = 0, **kwargs):
 
     model, tokenizer = tiny_clip_model(seed)
     return CLIPReward(model, tokenizer, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Full-size architectures with random weights (benchmarks): nothing is downloaded either.
+
+
+@contextmanager
+def _default_device_and_dtype(device, dtype: torch.dtype):
+    """Create parameters directly on `device` in `dtype` (a 12B-parameter model initialises in seconds on a GPU)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _to_device_and_dtype(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """`module.to(device, dtype)` only where a constructor left a floating tensor elsewhere (usually a no-op)."""
+    device = torch.device(device)
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_floating_point() and (t.dtype != dtype or t.device.type != device.type) for t in tensors):
+        module.to(device=device, dtype=dtype)
+    return module
+
+
+def flux_dev_pipeline(
+    seed: int = 0,
+    *,
+    device="cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    num_layers: int = 19,
+    num_single_layers: int = 38,
+    max_sequence_length: int = 512,
+):
+    """A [`~diffusers.FluxPipeline`] with FLUX.1-dev's transformer and VAE architecture and random weights.
+
+    For benchmarks (time, memory, FLOPs), not for images: nothing is downloaded. The transformer and the VAE
+    are FLUX.1-dev's (11.9 B and 84 M parameters; `num_layers` / `num_single_layers` shrink the transformer
+    for smoke tests), the scheduler config is FLUX.1-dev's (static shift 3). The text encoders are
+    one-layer stand-ins with the real output widths (T5: 4096 per token, CLIP: 768 pooled) and the
+    character-level tokenizers of this module, so prompt encoding works and yields FLUX.1-dev's shapes.
+
+    Every parameter is created directly on `device` in `dtype`.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    clip_tokenizer = tiny_clip_tokenizer()
+    t5_tokenizer = tiny_t5_tokenizer(model_max_length=max_sequence_length)
+    with _default_device_and_dtype(device, dtype):
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            out_channels=None,
+            num_layers=num_layers,
+            num_single_layers=num_single_layers,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=16,
+            norm_num_groups=32,
+            sample_size=1024,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(clip_tokenizer),
+                hidden_size=768,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                projection_dim=768,
+                bos_token_id=clip_tokenizer.bos_token_id,
+                eos_token_id=clip_tokenizer.eos_token_id,
+                pad_token_id=clip_tokenizer.pad_token_id,
+            )
+        )
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(t5_tokenizer),
+                d_model=4096,
+                d_kv=64,
+                d_ff=64,
+                num_layers=1,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+    for module in (vae, text_encoder, text_encoder_2, transformer):
+        _to_device_and_dtype(module, device, dtype).eval()
+    return pipe
+
+
+def vit_h_clip_model(
+    seed: int = 0, *, device="cpu", dtype: torch.dtype = torch.float32, vision_layers: int = 32, text_layers: int = 24
+) -> tuple[CLIPModel, CLIPTokenizer]:
+    """A transformers `CLIPModel` with the ViT-H-14 architecture of HPSv2 / PickScore, random weights.
+
+    Vision: width 1280, 32 layers, 16 heads, MLP 5120, patch 14, 224 px; text: width 1024, 24 layers, 16 heads,
+    MLP 4096, 77 tokens, the 49408-token vocabulary size; projection 1024 (986 M parameters). The tokenizer is
+    this module's character-level one (its ids are a subset of the vocabulary). `vision_layers` / `text_layers`
+    shrink it for smoke tests. Parameters are created directly on `device` in `dtype`.
+    """
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=text_layers,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=1024,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ).to_dict(),
+        vision_config=CLIPVisionConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            hidden_act="gelu",
+            projection_dim=1024,
+        ).to_dict(),
+        projection_dim=1024,
+    )
+    with _default_device_and_dtype(device, dtype):
+        model = CLIPModel(config)
+    return _to_device_and_dtype(model, device, dtype).eval(), tokenizer
+
+
+def vit_h_clip_reward(
+    seed: int = 0,
+    *,
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+    vision_layers: int = 32,
+    text_layers: int = 24,
+    **kwargs,
+):
+    """A [`~srpo_trl.rewards.CLIPReward`] over [`vit_h_clip_model`], HPS-style (`scale=1`) unless `kwargs` say
+    otherwise; `kwargs` go to `CLIPReward`."""
+    from .rewards import CLIPReward
+
+    model, tokenizer = vit_h_clip_model(
+        seed, device=device, dtype=dtype, vision_layers=vision_layers, text_layers=text_layers
+    )
+    kwargs.setdefault("scale", 1.0)
+    kwargs.setdefault("name", "hps")
+    return CLIPReward(model, tokenizer, **kwargs)
+
+
+_CHAT_TEMPLATE = (
+    # Renders only the user's text (the tiny tokenizer is character-level: a long system message would fill the
+    # whole sequence), for both plain-string and typed-list message contents.
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endif %}{% endfor %}"
+)
+
+
+def tiny_chat_tokenizer(model_max_length: int = 512):
+    """A character-level fast tokenizer with a chat template, standing in for Qwen3's and Mistral's."""
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Split
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(dict.fromkeys(_ALPHABET))}}
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Split(pattern="", behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=model_max_length,
+        chat_template=_CHAT_TEMPLATE,
+    )
+
+
+def tiny_flux2_pipeline(seed: int = 0, *, variant: str = "klein", hidden_size: int = 16, dtype=torch.float32):
+    """A tiny random FLUX.2 pipeline built in code: `variant="klein"` gives a `Flux2KleinPipeline` (Qwen3 text
+    encoder, no guidance embedding), `"dev"` a `Flux2Pipeline` (Mistral-3 text encoder, guidance-distilled).
+
+    The text encoders have just enough layers for the pipelines' hidden-state picks (Qwen3: 9, 18, 27;
+    Mistral: 10, 20, 30), each tiny. The VAE has FLUX.2's layout (2x2 patchified latents, batch-norm
+    statistics) with 4 latent channels; resolutions must be multiples of 16.
+    """
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+
+    if variant not in ("klein", "dev"):
+        raise ValueError(f"variant must be 'klein' or 'dev', got {variant!r}")
+    torch.manual_seed(seed)
+    tokenizer = tiny_chat_tokenizer()
+    text_kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden_size // 2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+    )
+    if variant == "klein":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=28, **text_kwargs))
+    else:
+        from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralVisionConfig
+
+        text_encoder = Mistral3ForConditionalGeneration(
+            Mistral3Config(
+                text_config=MistralConfig(num_hidden_layers=31, **text_kwargs).to_dict(),
+                vision_config=PixtralVisionConfig(
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    image_size=32,
+                    patch_size=16,
+                    head_dim=8,
+                ).to_dict(),
+            )
+        )
+    latent_channels = 4
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4 * latent_channels,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=3 * hidden_size,  # three stacked hidden-state layers
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=variant == "dev",
+    )
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
+    cls = Flux2KleinPipeline if variant == "klein" else Flux2Pipeline
+    pipe = cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    for module in (vae, text_encoder, transformer):
+        module.eval()
+    return pipe
+
+
+def tiny_flux_kontext_pipeline(seed: int = 0, **kwargs):
+    """A tiny random [`~diffusers.FluxKontextPipeline`]: Kontext is a FLUX.1 transformer that also reads a
+    reference image, so it is [`tiny_flux_pipeline`]'s components under the Kontext pipeline class."""
+    from diffusers import FluxKontextPipeline
+
+    pipe = tiny_flux_pipeline(seed, **kwargs)
+    names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
+    return FluxKontextPipeline(**{name: pipe.components[name] for name in names})

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from .base import ModelAdapter
 from .flux import FluxAdapter
+from .flux2 import Flux2Adapter
 from .flux_kontext import FluxKontextAdapter
 
 # Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
-ADAPTERS: dict[str, type] = {"FluxPipeline": FluxAdapter, "FluxKontextPipeline": FluxKontextAdapter}
+ADAPTERS: dict[str, type] = {
+    "FluxPipeline": FluxAdapter,
+    "FluxKontextPipeline": FluxKontextAdapter,
+    "Flux2Pipeline": Flux2Adapter,
+    "Flux2KleinPipeline": Flux2Adapter,
+}
 
 
 def get_adapter(pipeline, **kwargs) -> ModelAdapter:
@@ -18,4 +24,4 @@ def get_adapter(pipeline, **kwargs) -> ModelAdapter:
     raise ValueError(f"model: unsupported pipeline class {type(pipeline).__name__!r}; supported: {sorted(ADAPTERS)}")
 
 
-__all__ = ["ADAPTERS", "FluxAdapter", "FluxKontextAdapter", "ModelAdapter", "get_adapter"]
+__all__ = ["ADAPTERS", "Flux2Adapter", "FluxAdapter", "FluxKontextAdapter", "ModelAdapter", "get_adapter"]
