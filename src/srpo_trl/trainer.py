@@ -28,7 +28,7 @@ from .checkpointing import (
 from .config import SRPOConfig
 from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .hub import build_model_card
-from .models import get_adapter
+from .models import check_model_index, get_adapter
 from .rewards import Reward, as_reward, load_reward, with_control_word
 from .rewards.aesthetic import IMAGE_ONLY_NOTICE
 from .text_cache import TextEmbeddingCache
@@ -46,6 +46,8 @@ def load_pipeline(model, model_init_kwargs: dict | None):
         return model
     from diffusers import DiffusionPipeline
 
+    if os.path.isdir(model):
+        check_model_index(model)  # an unsupported family fails before gigabytes of weights load
     kwargs = dict(model_init_kwargs or {})
     dtype = kwargs.get("torch_dtype")
     if isinstance(dtype, str) and dtype != "auto":

@@ -1,0 +1,31 @@
+"""Family detection: pipeline classes and `model_index.json`."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from srpo_trl import ColorWordReward, SRPOTrainer
+from srpo_trl.models import ADAPTERS, Flux2Adapter
+from srpo_trl.testing import tiny_flux2_pipeline
+
+
+def test_an_unsupported_family_fails_before_any_weights_load(tmp_path, config):
+    folder = tmp_path / "sd"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["x", "y"]}))
+    with pytest.raises(ValueError, match="unsupported pipeline class 'StableDiffusionPipeline'"):
+        SRPOTrainer(str(folder), ColorWordReward(), args=config(), train_dataset=Dataset.from_dict({"prompt": ["a"]}))
+
+
+def test_a_saved_flux2_klein_folder_is_detected_from_model_index(tmp_path, config):
+    tiny_flux2_pipeline(0).save_pretrained(tmp_path / "klein")
+    trainer = SRPOTrainer(
+        str(tmp_path / "klein"),
+        ColorWordReward(),
+        args=config(max_steps=1, train_guidance_scale=1.0),
+        train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
+    )
+    assert type(trainer.pipeline).__name__ == "Flux2KleinPipeline" and isinstance(trainer.adapter, Flux2Adapter)
+    trainer.train()
+    assert set(ADAPTERS) == {"FluxPipeline", "FluxKontextPipeline", "Flux2Pipeline", "Flux2KleinPipeline"}
