@@ -113,6 +113,13 @@ class SRPOConfig(TrainingArguments):
             Dtype the reward models run in: `"float32"`, `"bfloat16"` or `"float16"`. Defaults to `"bfloat16"` when
             `bf16` is on, else `"float32"`. Preprocessing and scores stay in float32.
 
+        > Parameters that guard the run
+
+        max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `5`):
+            A step whose loss or gradient is NaN or inf is skipped (weights unchanged), logged and counted
+            (`nonfinite_steps`); after this many in a row training stops with an error, before anything is saved.
+            `0` never stops. SIGTERM or SIGINT during training writes a checkpoint after the current step and stops.
+
     Defaults that differ from [`~transformers.TrainingArguments`] (the recipe's): `learning_rate=5e-6`,
     `weight_decay=1e-4`, `lr_scheduler_type="constant"`, `max_grad_norm=0.1`, `per_device_train_batch_size=1`,
     `logging_steps=10`, `remove_unused_columns=False`, and `bf16` on when CUDA is available (unless `fp16`).
@@ -208,6 +215,12 @@ class SRPOConfig(TrainingArguments):
     reward_dtype: str | None = field(
         default=None,
         metadata={"help": "Reward model dtype: float32, bfloat16 or float16; bfloat16 when bf16 is on, else float32."},
+    )
+
+    # Guards
+    max_consecutive_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "Stop after this many optimizer steps in a row with a NaN/inf loss or gradient (0: never)."},
     )
 
     # TrainingArguments defaults replaced by the recipe's.
@@ -308,6 +321,10 @@ class SRPOConfig(TrainingArguments):
                 fail(name, words, "expected a list of non-empty strings")
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.max_consecutive_nonfinite_steps < 0:
+            fail(
+                "max_consecutive_nonfinite_steps", self.max_consecutive_nonfinite_steps, "must be >= 0 (0: never stop)"
+            )
         if self.reward_dtype is not None and self.reward_dtype not in REWARD_DTYPES:
             fail("reward_dtype", self.reward_dtype, f"expected one of {list(REWARD_DTYPES)}")
 

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from . import direct_align
 from .checkpointing import (
@@ -27,6 +29,7 @@ from .checkpointing import (
 )
 from .config import SRPOConfig
 from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
+from .guards import InterruptionHandler, NonFiniteGuard, check_reward_output
 from .hub import build_model_card
 from .models import check_model_index, get_adapter
 from .rewards import Reward, as_reward, load_reward, with_control_word
@@ -53,6 +56,18 @@ def load_pipeline(model, model_init_kwargs: dict | None):
     if isinstance(dtype, str) and dtype != "auto":
         kwargs["torch_dtype"] = getattr(torch, dtype)
     return DiffusionPipeline.from_pretrained(model, **kwargs)
+
+
+def _check_output_dir(path: str) -> None:
+    """Fail before any model work when the output folder cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".srpo-write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"SRPOConfig.output_dir={path!r} cannot be written ({error}); choose a writable folder"
+        ) from error
 
 
 def _check_lora_targets(module: nn.Module, peft_config) -> None:
@@ -139,6 +154,8 @@ class SRPOTrainer(Trainer):
         if not isinstance(eval_dataset, dict):
             check_dataset(eval_dataset, args.dataset_prompt_column, "eval_dataset")
 
+        _check_output_dir(args.output_dir)
+
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         self.height, self.width = args.image_size
@@ -193,6 +210,10 @@ class SRPOTrainer(Trainer):
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
         self._staging_checkpoint = False
+        self._rewards_checked = False  # the reward contract is checked on the first batch
+        self._nonfinite_guard: NonFiniteGuard | None = None
+        self._interruption = InterruptionHandler()
+        self.add_callback(_StopOnSignal(self))
 
     # ------------------------------------------------------------------ set-up
 
@@ -205,8 +226,8 @@ class SRPOTrainer(Trainer):
         """
         if reward_funcs is None:
             raise ValueError("reward_funcs: give at least one reward function")
-        if isinstance(reward_funcs, (str, Reward)) or callable(reward_funcs):
-            reward_funcs = [reward_funcs]
+        if not isinstance(reward_funcs, (list, tuple)):
+            reward_funcs = [reward_funcs]  # a single reward (a bad type is then reported by as_reward)
         dtype = args.reward_torch_dtype
         rewards = []
         for r in reward_funcs:
@@ -396,13 +417,17 @@ class SRPOTrainer(Trainer):
             discount = torch.tensor(per_sample(f"{branch}_discount"), device=device)
             total = torch.zeros(batch, device=device)
             for reward, weight in zip(self.rewards, self.reward_weights):
-                r = reward.srp(branch_images, prompts, *words, discount).float()
+                r = reward.srp(branch_images, prompts, *words, discount)
+                if not self._rewards_checked:
+                    check_reward_output(reward.name, r, batch)
+                r = r.float()
                 total = total + weight * r
                 self._record(f"rewards/{reward.name}/{branch}", r)
             branch_loss = direct_align.hinge_loss(total, args.hinge_threshold).mean()
             loss = loss + branch_loss
             self._record(f"reward/{branch}", total)
             self._record(f"loss/{branch}", branch_loss)
+        self._rewards_checked = True
         self._record("levels/m", torch.tensor([float(lv.m) for lv in levels], device=device))
         self._record("levels/gap", torch.tensor([float(lv.gap) for lv in levels], device=device))
         self._record("levels/sigma", end[:batch])
@@ -416,6 +441,8 @@ class SRPOTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = {k: torch.stack(v).mean().item() for k, v in self._metrics[mode].items() if v}
+        if mode == "train" and self._nonfinite_guard is not None and self._nonfinite_guard.skipped_total:
+            metrics["nonfinite_steps"] = self._nonfinite_guard.skipped_total
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
         logs = {**logs, **metrics}
@@ -561,6 +588,56 @@ class SRPOTrainer(Trainer):
             revision=revision if revision is not None else self.args.hub_revision,
         )
 
+    # ------------------------------------------------------------------ guards
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (or the one given), with its `step` guarded against non-finite steps."""
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self._nonfinite_guard is None or self._nonfinite_guard.optimizer is not self.optimizer:
+            self._nonfinite_guard = NonFiniteGuard(
+                self.optimizer,
+                self.model.parameters(),
+                self.args.max_consecutive_nonfinite_steps,
+                any_process=self._on_any_process,
+                describe_last_checkpoint=self._describe_last_checkpoint,
+            )
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._nonfinite_guard is not None:
+            self._nonfinite_guard.observe_loss(loss)
+        return loss
+
+    def _on_any_process(self, flag: bool) -> bool:
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+
+    def _describe_last_checkpoint(self) -> str:
+        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        return f"The last good checkpoint, {last}, is intact." if last else "No checkpoint had been written yet."
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, plus: SIGTERM/SIGINT write a checkpoint after the current step and stop.
+
+        After such a stop, SIGTERM exits with status 143 (128 + 15) and SIGINT raises `KeyboardInterrupt`;
+        `train(resume_from_checkpoint=True)` continues exactly.
+        """
+        self._interruption = InterruptionHandler()
+        with self._interruption:
+            output = super().train(*args, **kwargs)
+        signum = self._interruption.received
+        if signum is None:
+            return output
+        message = (
+            f"training stopped by {signal.Signals(signum).name} at step {self.state.global_step}; "
+            f"{self._describe_last_checkpoint()} Resume with trainer.train(resume_from_checkpoint=True)."
+        )
+        logger.warning(message)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt(message)
+        raise SystemExit(128 + signum)
+
     # ------------------------------------------------------ checkpoints, resume
 
     def _get_output_dir(self, trial) -> str:
@@ -644,3 +721,16 @@ class SRPOTrainer(Trainer):
             pipeline_class=type(self.pipeline).__name__,
             reward_names=[r.name for r in self.rewards],
         )
+
+
+class _StopOnSignal(TrainerCallback):
+    """After each step: if any process got SIGTERM/SIGINT, save a checkpoint now and stop."""
+
+    def __init__(self, trainer: SRPOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer._on_any_process(self.trainer._interruption.received is not None):
+            control.should_save = True
+            control.should_training_stop = True
+        return control

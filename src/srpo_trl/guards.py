@@ -1,0 +1,129 @@
+"""Guards that keep a long run from losing work: reward contract checks, non-finite steps, interruption.
+
+- [`check_reward_output`]: on the first batch, each reward's output must be `[B]`, finite, and
+  differentiable in the images; otherwise the error names the reward.
+- [`NonFiniteGuard`]: wraps the optimizer's `step`. A step whose loss or gradient is NaN or inf is
+  skipped (the weights do not change), logged and counted; too many in a row stop training with a
+  clear message, before anything is saved, so the last checkpoint stays the last good one.
+- [`InterruptionHandler`]: SIGTERM/SIGINT set a flag; the trainer finishes the current step, writes a
+  checkpoint (atomically) and stops, then exits as the signal asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def check_reward_output(name: str, value, batch: int) -> None:
+    """Raise a `ValueError` naming the reward if its output breaks the reward contract."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(
+            f"reward {name!r} returned a {type(value).__name__}; it must return a tensor of shape [{batch}]"
+        )
+    if tuple(value.shape) != (batch,):
+        raise ValueError(
+            f"reward {name!r} returned shape {tuple(value.shape)}; it must return one score per image, shape [{batch}]"
+        )
+    if not torch.isfinite(value).all():
+        raise ValueError(f"reward {name!r} returned NaN or inf on the first batch: {value.detach().cpu().tolist()}")
+    if not value.requires_grad:
+        raise ValueError(
+            f"reward {name!r} has no gradient path to the images: its output does not require grad (is it computed "
+            "under torch.no_grad(), detached, or converted through numpy/PIL?)"
+        )
+
+
+class NonFiniteGuard:
+    """Skip optimizer steps with a non-finite loss or gradient; stop after `max_consecutive` in a row.
+
+    Args:
+        optimizer: the optimizer whose `step` is wrapped (before accelerate wraps it).
+        parameters: the trainable parameters whose gradients are checked.
+        max_consecutive: stop training after this many skipped steps in a row (0: never stop).
+        any_process: reduces a local flag to "true on any process" (so every rank skips together).
+        describe_last_checkpoint: tells, when stopping, which checkpoint is the last good one.
+    """
+
+    def __init__(self, optimizer, parameters, max_consecutive: int, any_process, describe_last_checkpoint):
+        self.optimizer = optimizer
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.max_consecutive = max_consecutive
+        self.any_process = any_process
+        self.describe_last_checkpoint = describe_last_checkpoint
+        self.loss_nonfinite = False
+        self.skipped_total = 0
+        self.streak = 0
+        self._step = optimizer.step
+        optimizer.step = self.step
+
+    def observe_loss(self, loss: torch.Tensor) -> None:
+        """Called once per micro-batch with its loss (before the optimizer step)."""
+        if not torch.isfinite(loss.detach()).all():
+            self.loss_nonfinite = True
+
+    def _gradients_finite(self) -> bool:
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def step(self, *args, **kwargs):
+        bad = self.loss_nonfinite or not self._gradients_finite()
+        bad = self.any_process(bad)
+        self.loss_nonfinite = False
+        if not bad:
+            self.streak = 0
+            return self._step(*args, **kwargs)
+        for p in self.parameters:  # the Trainer zeroes them too; dropping them here keeps nothing stale around
+            p.grad = None
+        self.skipped_total += 1
+        self.streak += 1
+        logger.warning(
+            "non-finite loss or gradient: optimizer step skipped, weights unchanged (%d in a row, %d in total)",
+            self.streak,
+            self.skipped_total,
+        )
+        if self.max_consecutive and self.streak >= self.max_consecutive:
+            raise FloatingPointError(
+                f"training stopped: {self.streak} consecutive steps had a non-finite loss or gradient "
+                f"(SRPOConfig.max_consecutive_nonfinite_steps={self.max_consecutive}); they were skipped without "
+                f"changing the weights. {self.describe_last_checkpoint()} Lower the learning rate, or check the "
+                "reward function and the data."
+            )
+        return None
+
+
+class InterruptionHandler:
+    """Turn SIGTERM/SIGINT into "checkpoint and stop after this step" while installed."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second signal: the user insists, stop at once
+            raise KeyboardInterrupt
+        self.received = signum
+        logger.warning(
+            "%s received: writing a checkpoint after the current step, then stopping", signal.Signals(signum).name
+        )
+
+    def __enter__(self):
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread (signals cannot be caught there): leave the defaults
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
