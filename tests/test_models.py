@@ -13,7 +13,9 @@ from srpo_trl.testing import tiny_flux2_pipeline
 def test_an_unsupported_family_fails_before_any_weights_load(tmp_path, config):
     folder = tmp_path / "sd"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["x", "y"]}))
+    (folder / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["x", "y"]})
+    )
     with pytest.raises(ValueError, match="unsupported pipeline class 'StableDiffusionPipeline'"):
         SRPOTrainer(str(folder), ColorWordReward(), args=config(), train_dataset=Dataset.from_dict({"prompt": ["a"]}))
 
