@@ -115,6 +115,10 @@ class SRPOConfig(TrainingArguments):
 
         > Parameters that guard the run
 
+        allow_cudnn_attention (`bool`, *optional*, defaults to `False`):
+            Let `scaled_dot_product_attention` use cuDNN's fused kernel in training and sampling. Off because its
+            backward returned NaN gradients, and an illegal memory access at FLUX.1-dev size, on an H200 with
+            torch 2.11 (see `srpo_trl.attention`); the flash, memory-efficient and math kernels are used instead.
         max_consecutive_nonfinite_steps (`int`, *optional*, defaults to `5`):
             A step whose loss or gradient is NaN or inf is skipped (weights unchanged), logged and counted
             (`nonfinite_steps`); after this many in a row training stops with an error, before anything is saved.
@@ -218,6 +222,10 @@ class SRPOConfig(TrainingArguments):
     )
 
     # Guards
+    allow_cudnn_attention: bool = field(
+        default=False,
+        metadata={"help": "Let attention use cuDNN's fused kernel (its backward gave NaN on H200, torch 2.11)."},
+    )
     max_consecutive_nonfinite_steps: int = field(
         default=5,
         metadata={"help": "Stop after this many optimizer steps in a row with a NaN/inf loss or gradient (0: never)."},

@@ -20,6 +20,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from . import direct_align
+from .attention import training_attention
 from .checkpointing import (
     LORA_WEIGHTS_NAME,
     STAGING_DIR_NAME,
@@ -367,13 +368,18 @@ class SRPOTrainer(Trainer):
         text = self._conditioning(list(prompts), reference_images)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
-        x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
-        return self.adapter.decode(x0, self.height, self.width)
+        with training_attention(self.args.allow_cudnn_attention):
+            x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
+            return self.adapter.decode(x0, self.height, self.width)
 
     # ------------------------------------------------------------ train step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One SRPO sample per prompt: rollout, then the denoise and inversion branches in one batched call."""
+        with training_attention(self.args.allow_cudnn_attention):
+            return self._srpo_loss(model, inputs)
+
+    def _srpo_loss(self, model, inputs) -> torch.Tensor:
         prompts = inputs["prompt"]
         batch = len(prompts)
         device = self.accelerator.device
