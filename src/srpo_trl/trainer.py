@@ -130,23 +130,8 @@ class SRPOTrainer(Trainer):
         if not isinstance(args, SRPOConfig):
             raise TypeError(f"args: expected an SRPOConfig, got {type(args).__name__}")
 
-        # Everything that can be checked without models is checked first.
-        self.rewards = self._resolve_rewards(reward_funcs, args)
-        weights = args.reward_weights or [1.0] * len(self.rewards)
-        if len(weights) != len(self.rewards):
-            raise ValueError(
-                f"SRPOConfig.reward_weights has {len(weights)} values but there are {len(self.rewards)} "
-                "reward functions; give one weight per reward function"
-            )
-        self.reward_weights = weights
-        if any(r.text_conditioned for r in self.rewards):
-            for field_name in ("positive_control_words", "negative_control_words"):
-                if not getattr(args, field_name):
-                    raise ValueError(
-                        f"SRPOConfig.{field_name} is empty, but a text-conditioned reward is in use; give at least "
-                        "one word (e.g. the recipe's)"
-                    )
-
+        # Everything that can be checked without models is checked first: data, output folder, then the rewards
+        # (whose names and paths are checked before any weights load).
         self.offline = (
             args.offline if args.offline is not None else has_image_column(train_dataset, args.dataset_image_column)
         )
@@ -156,6 +141,23 @@ class SRPOTrainer(Trainer):
             check_dataset(eval_dataset, args.dataset_prompt_column, "eval_dataset")
 
         _check_output_dir(args.output_dir)
+
+        count = len(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else 1
+        weights = args.reward_weights or [1.0] * count
+        if len(weights) != count:
+            raise ValueError(
+                f"SRPOConfig.reward_weights has {len(weights)} values but there are {count} "
+                "reward functions; give one weight per reward function"
+            )
+        self.reward_weights = weights
+        self.rewards = self._resolve_rewards(reward_funcs, args)
+        if any(r.text_conditioned for r in self.rewards):
+            for field_name in ("positive_control_words", "negative_control_words"):
+                if not getattr(args, field_name):
+                    raise ValueError(
+                        f"SRPOConfig.{field_name} is empty, but a text-conditioned reward is in use; give at least "
+                        "one word (e.g. the recipe's)"
+                    )
 
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
