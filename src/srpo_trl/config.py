@@ -69,6 +69,10 @@ class SRPOConfig(TrainingArguments):
             Euler steps of the gradient-free rollout that produces the clean latent `x0`.
         rollout_guidance_scale (`float`, *optional*, defaults to `1.0`):
             Guidance of the rollout (an input of guidance-distilled models, not CFG).
+        per_process_noise (`bool`, *optional*, defaults to `False`):
+            The recipe draws the same rollout noise `eps` and levels on every process (each with its own prompts).
+            With `True`, each process takes its own slice of one draw for the global batch, so `N` processes with
+            batch `B` see exactly what one process with batch `N * B` would.
         time_shift (`float`, *optional*):
             Static time shift `k` of the rollout and window grids. Defaults to the pipeline scheduler's `shift`
             (3 for FLUX.1-dev, as the recipe uses).
@@ -182,6 +186,14 @@ class SRPOConfig(TrainingArguments):
     rollout_guidance_scale: float = field(default=1.0, metadata={"help": "Guidance of the rollout."})
     time_shift: float | None = field(
         default=None, metadata={"help": "Static time shift k; defaults to the scheduler config's `shift`."}
+    )
+
+    per_process_noise: bool = field(
+        default=False,
+        metadata={
+            "help": "Give each process its own rollout noise and levels (slices of one global draw) instead of the "
+            "recipe's noise shared by all processes."
+        },
     )
 
     # Direct-Align

@@ -390,14 +390,21 @@ class SRPOTrainer(Trainer):
 
         # 1. Clean latent x0 (a rollout of the current model, or a real image offline) and its noise eps.
         text = self._conditioning(prompts, inputs.get("reference_images"))
-        eps = self.adapter.sample_noise(batch, self.height, self.width, generator, device)
+        # Every process draws the same numbers. The recipe shares eps and levels across processes; with
+        # `per_process_noise` each takes its slice of a draw for the global batch, so that N processes x batch B
+        # see exactly what one process x batch N*B would.
+        draws, offset = batch, 0
+        if args.per_process_noise:
+            draws, offset = batch * self.accelerator.num_processes, batch * self.accelerator.process_index
+        eps = self.adapter.sample_noise(draws, self.height, self.width, generator, device)[offset : offset + batch]
         if self.offline:
             x0 = self.adapter.encode_images(inputs["images"].to(device), self.height, self.width)
         else:
             x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
 
         # 2. Levels per sample; the branches go through the transformer as one batch, denoise first.
-        levels = [self.window.levels_for(self.window.sample_m(generator)) for _ in range(batch)]
+        draws_m = [self.window.sample_m(generator) for _ in range(draws)]
+        levels = [self.window.levels_for(m) for m in draws_m[offset : offset + batch]]
         positive, negative = self._control_words(self.state.global_step)
         branches = [("denoise", (positive, negative))]
         if args.use_inversion_branch:  # control words swapped: the regulariser against reward hacking

@@ -1,0 +1,80 @@
+"""Train the tiny pipeline a few steps and record, per process, the final trainable weights and the losses.
+
+    accelerate launch --cpu --num_processes 2 tests/scripts/distributed_train.py OUT BATCH [--shared_noise]
+    python tests/scripts/distributed_train.py OUT BATCH
+
+Used by tests/test_distributed.py.
+"""
+
+import json
+import sys
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
+from srpo_trl.demo import demo_pipeline
+
+
+def main():
+    out, batch = sys.argv[1], int(sys.argv[2])
+    shared = "--shared_noise" in sys.argv
+    args = SRPOConfig(
+        output_dir=out,
+        max_steps=3,
+        learning_rate=0.05,
+        max_grad_norm=1.0,
+        per_device_train_batch_size=batch,
+        resolution=64,
+        rollout_steps=3,
+        max_sequence_length=16,
+        positive_control_words=["blue"],
+        negative_control_words=["red"],
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        per_process_noise=not shared,
+        transformer_gradient_checkpointing=False,
+        vae_gradient_checkpointing=False,
+    )
+    torch.manual_seed(0)  # the same initial LoRA on every process and in every run
+    trainer = SRPOTrainer(
+        demo_pipeline(0),
+        ColorWordReward(),
+        args=args,
+        train_dataset=Dataset.from_dict(
+            {"prompt": ["a cat", "a dog on a hill", "a house", "the sea", "a bird", "a tree"]}
+        ),
+        peft_config=LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian"),
+    )
+    first_noise = {}
+    rollout = trainer._rollout
+
+    def recording_rollout(model, eps, text, guidance_scale):  # eps as this process uses it
+        first_noise.setdefault("eps", eps.detach().clone())
+        return rollout(model, eps, text, guidance_scale)
+
+    trainer._rollout = recording_rollout
+    seen_prompts = []
+    collate = trainer.data_collator
+
+    def recording_collate(features):
+        batch_ = collate(features)
+        seen_prompts.extend(batch_["prompt"])
+        return batch_
+
+    trainer.data_collator = recording_collate
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    torch.save({"weights": weights, "eps": first_noise["eps"]}, f"{out}/rank{rank}.pt")
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"losses": losses, "prompts": seen_prompts, "world": trainer.accelerator.num_processes}, f)
+
+
+if __name__ == "__main__":
+    main()
