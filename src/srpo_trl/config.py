@@ -117,6 +117,14 @@ class SRPOConfig(TrainingArguments):
             Dtype the reward models run in: `"float32"`, `"bfloat16"` or `"float16"`. Defaults to `"bfloat16"` when
             `bf16` is on, else `"float32"`. Preprocessing and scores stay in float32.
 
+        > Parameters that save memory
+
+        quantize_base (`str`, *optional*):
+            With a LoRA, store the frozen transformer's linear weights in `"int8"` (CPU and GPU) or `"int4"` (CUDA)
+            through torchao (`pip install "srpo-trl[quant]"`); the LoRA trains in full precision on top and saves as a
+            usual diffusers LoRA. Other savers: `transformer_gradient_checkpointing`, `vae_gradient_checkpointing`,
+            `bf16`, `reward_dtype`, `release_text_encoders`, and TrainingArguments' `optim` (e.g. `"adamw_8bit"`).
+
         > Parameters that guard the run
 
         allow_cudnn_attention (`bool`, *optional*, defaults to `False`):
@@ -233,6 +241,12 @@ class SRPOConfig(TrainingArguments):
         metadata={"help": "Reward model dtype: float32, bfloat16 or float16; bfloat16 when bf16 is on, else float32."},
     )
 
+    # Memory
+    quantize_base: str | None = field(
+        default=None,
+        metadata={"help": "LoRA only: store the frozen transformer in 'int8' or 'int4' (torchao; the [quant] extra)."},
+    )
+
     # Guards
     allow_cudnn_attention: bool = field(
         default=False,
@@ -341,6 +355,8 @@ class SRPOConfig(TrainingArguments):
                 fail(name, words, "expected a list of non-empty strings")
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.quantize_base is not None and self.quantize_base not in ("int8", "int4"):
+            fail("quantize_base", self.quantize_base, "expected 'int8' or 'int4'")
         if self.max_consecutive_nonfinite_steps < 0:
             fail(
                 "max_consecutive_nonfinite_steps", self.max_consecutive_nonfinite_steps, "must be >= 0 (0: never stop)"

@@ -33,6 +33,7 @@ from .data import check_dataset, check_prompts, dataset_prompts, has_image_colum
 from .guards import InterruptionHandler, NonFiniteGuard, check_reward_output
 from .hub import build_model_card
 from .models import check_model_index, get_adapter
+from .quantization import quantize_frozen_base
 from .rewards import Reward, as_reward, load_reward, with_control_word
 from .rewards.aesthetic import IMAGE_ONLY_NOTICE
 from .text_cache import TextEmbeddingCache
@@ -189,6 +190,11 @@ class SRPOTrainer(Trainer):
             inversion_discount=tuple(args.inversion_discount),
         )
 
+        if args.quantize_base is not None and peft_config is None:
+            raise ValueError(
+                f"SRPOConfig.quantize_base={args.quantize_base!r} needs a LoRA (peft_config): a quantised base cannot "
+                "be fully fine-tuned"
+            )
         transformer = self._prepare_trainable(args, peft_config)
         self.peft_config = peft_config
         super().__init__(
@@ -261,6 +267,8 @@ class SRPOTrainer(Trainer):
                 component.requires_grad_(False).eval()
         transformer = getattr(self.pipeline, self.adapter.trainable_component)
         if peft_config is not None:
+            if args.quantize_base is not None:  # the frozen base in 8/4 bits, the LoRA on top in full precision
+                quantize_frozen_base(transformer, args.quantize_base)
             if getattr(peft_config, "target_modules", None) is None:
                 peft_config.target_modules = list(self.adapter.default_lora_target_modules)
             _check_lora_targets(transformer, peft_config)

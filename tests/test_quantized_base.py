@@ -1,0 +1,66 @@
+"""LoRA on an int8 (torchao) frozen base: trains, the reward rises, and the LoRA loads onto the plain base."""
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from srpo_trl import ColorWordReward, SRPOTrainer
+from srpo_trl.demo import demo_pipeline
+
+TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
+HELD_OUT = Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]})
+
+
+def test_lora_on_an_int8_base_raises_reward_and_loads_onto_the_plain_base(config, tmp_path):
+    from torchao.quantization import Int8Tensor
+
+    args = config(
+        max_steps=30, learning_rate=0.1, max_grad_norm=1.0, per_device_train_batch_size=2, rollout_steps=4,
+        quantize_base="int8", output_dir=str(tmp_path / "lora"),
+    )  # fmt: skip
+    trainer = SRPOTrainer(
+        demo_pipeline(0),
+        ColorWordReward(),
+        args=args,
+        train_dataset=TRAIN,
+        eval_dataset=HELD_OUT,
+        peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
+    )
+    base = trainer.pipeline.transformer.transformer_blocks[0].attn.to_q.base_layer
+    assert isinstance(base.weight, Int8Tensor)
+    before = trainer.evaluate()["eval_reward"]
+    trainer.train()
+    after = trainer.evaluate()["eval_reward"]
+    assert after > before + 0.05, (before, after)
+    trainer.save_model()
+    plain = demo_pipeline(0)
+    plain.load_lora_weights(args.output_dir)  # QLoRA: the LoRA applies to the unquantised base
+    assert any("lora" in n for n, _ in plain.transformer.named_parameters())
+
+
+def test_a_quantised_base_needs_a_lora(config):
+    with pytest.raises(ValueError, match=r"quantize_base='int8' needs a LoRA"):
+        SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=config(quantize_base="int8"), train_dataset=TRAIN)
+    with pytest.raises(ValueError, match=r"quantize_base='int2' is invalid"):
+        config(quantize_base="int2")
+
+
+def test_int8_base_halves_the_transformer_weights():
+    from srpo_trl.quantization import quantize_frozen_base
+    from srpo_trl.testing import tiny_flux_pipeline
+
+    transformer = tiny_flux_pipeline(0, attention_head_dim=64, num_attention_heads=4).transformer.to(torch.bfloat16)
+
+    def tensor_bytes(t):  # a torchao tensor is a wrapper around its int8 data and scales
+        if hasattr(t, "__tensor_flatten__"):
+            return sum(tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
+        return t.numel() * t.element_size()
+
+    def linear_bytes(module):
+        return sum(tensor_bytes(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+    before = linear_bytes(transformer)
+    quantize_frozen_base(transformer, "int8")
+    after = linear_bytes(transformer)
+    assert after < 0.6 * before, (before, after)
