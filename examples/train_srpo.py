@@ -1,16 +1,22 @@
-"""Train a FLUX.1 pipeline with SRPO.
+"""Train a diffusers FLUX pipeline with SRPO, in TRL's example-script style.
 
-    python examples/train_srpo.py --model_name_or_path black-forest-labs/FLUX.1-dev \
-        --dataset_name prompts.txt --reward_funcs hpsv2.1 --output_dir flux-srpo --use_lora
-    accelerate launch examples/train_srpo.py --config recipe.yaml
+    # one GPU, LoRA
+    python examples/train_srpo.py --model_name_or_path black-forest-labs/FLUX.1-dev --dtype bfloat16 \
+        --dataset_name prompts.txt --reward_funcs hpsv2.1 --output_dir flux-srpo --use_peft --lora_r 64
+    # 8 GPUs, or several machines: any accelerate config (examples/accelerate_configs/)
+    accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/train_srpo.py \
+        --config recipe.yaml
 
-Any `SRPOConfig` field is a flag too (`--rho 0.8`, `--resolution 720`, `--max_steps 200`, ...).
+Arguments come from three dataclasses: `ScriptArguments` (data and rewards), `SRPOConfig` (every SRPO and
+Trainer knob: `--rho 0.8`, `--resolution 720`, `--max_steps 200`, ...) and TRL's `ModelConfig` (the
+pipeline, its dtype, and the LoRA: `--use_peft --lora_r 64 --lora_alpha 64 --lora_target_modules ...`).
+`--config recipe.yaml` sets any of them from a file.
 """
 
 from dataclasses import dataclass, field
 
 from peft import LoraConfig
-from trl import TrlParser
+from trl import ModelConfig, TrlParser
 
 from srpo_trl import SRPOConfig, SRPOTrainer
 from srpo_trl.data import load_prompt_dataset
@@ -18,7 +24,6 @@ from srpo_trl.data import load_prompt_dataset
 
 @dataclass
 class ScriptArguments:
-    model_name_or_path: str = field(metadata={"help": "Hub id or local path of a FluxPipeline."})
     dataset_name: str = field(
         metadata={
             "help": "Hub dataset id, local folder, or local file: .txt (one prompt a line), .csv, .json, .jsonl, "
@@ -35,29 +40,46 @@ class ScriptArguments:
             "nargs": "+",
         },
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train a LoRA instead of the full transformer."})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+
+
+def lora_config(model_args: ModelConfig) -> LoraConfig | None:
+    """The LoRA that TRL's `ModelConfig` describes (targets default to the model family's)."""
+    if not model_args.use_peft:
+        return None
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+    )
 
 
 def main():
-    script_args, training_args = TrlParser((ScriptArguments, SRPOConfig)).parse_args_and_config()
+    parser = TrlParser((ScriptArguments, SRPOConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config()
+    if model_args.model_name_or_path is None:
+        parser.error("--model_name_or_path is required")
+    if model_args.dtype not in (None, "auto"):
+        training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "torch_dtype": model_args.dtype}
     dataset = load_prompt_dataset(
         script_args.dataset_name,
         split=script_args.dataset_split,
         prompt_column=training_args.dataset_prompt_column,
         shuffle_seed=script_args.dataset_shuffle_seed,
     )
-    peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha) if script_args.use_lora else None
     trainer = SRPOTrainer(
-        model=script_args.model_name_or_path,
+        model=model_args.model_name_or_path,
         reward_funcs=script_args.reward_funcs,
         args=training_args,
         train_dataset=dataset,
-        peft_config=peft_config,
+        peft_config=lora_config(model_args),
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ def test_example_script_trains_with_a_registered_reward_name(tmp_path):
         sys.executable, "examples/train_srpo.py", "--model_name_or_path", str(pipe_dir), "--dataset_name",
         str(prompts), "--reward_funcs", f"hpsv2.1:{hps}", "--output_dir", str(out), "--max_steps", "1",
         "--resolution", "64", "--rollout_steps", "2", "--max_sequence_length", "16", "--report_to", "none",
-        "--use_lora", "--lora_r", "4", "--lora_alpha", "4", "--control_words", "detail", "--dataset_shuffle_seed", "3",
+        "--use_peft", "--lora_r", "4", "--lora_alpha", "4", "--control_words", "detail", "--dataset_shuffle_seed", "3",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

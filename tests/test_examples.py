@@ -1,0 +1,82 @@
+"""The example script under `accelerate launch` with a YAML recipe, and the packaged accelerate configs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from srpo_trl.testing import tiny_flux_pipeline
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type",
+    [
+        ("single_gpu", "NO"),
+        ("multi_gpu", "MULTI_GPU"),
+        ("fsdp2", "FSDP"),
+        ("deepspeed_zero2", "DEEPSPEED"),
+        ("deepspeed_zero3", "DEEPSPEED"),
+    ],
+)
+def test_accelerate_configs_load(name, distributed_type):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(CONFIGS, f"{name}.yaml"))
+    assert config.distributed_type.name == distributed_type
+    assert config.mixed_precision == "bf16"
+    if name == "fsdp2":
+        import diffusers.models.transformers.transformer_flux as flux
+
+        fsdp = config.fsdp_config
+        assert fsdp["fsdp_version"] == 2
+        for cls in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
+            assert hasattr(flux, cls), cls  # the blocks FSDP shards exist in FLUX's transformer
+    if name.startswith("deepspeed"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_example_script_runs_under_accelerate_launch_with_a_yaml_recipe(tmp_path):
+    pipe_dir = tmp_path / "pipe"
+    tiny_flux_pipeline(0).save_pretrained(pipe_dir)
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\na house\nthe sea\n")
+    recipe = {
+        "model_name_or_path": str(pipe_dir),
+        "dataset_name": str(tmp_path / "prompts.txt"),
+        "reward_funcs": ["clip-vit-l-14:" + str(_clip_copy(tmp_path))],
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "resolution": 64,
+        "rollout_steps": 2,
+        "max_sequence_length": 16,
+        "report_to": "none",
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_alpha": 4,
+        "per_process_noise": True,
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+        os.path.join(ROOT, "examples", "train_srpo.py"), "--config", str(tmp_path / "recipe.yaml"),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    assert "clip-vit-l-14" in (tmp_path / "out" / "README.md").read_text()
+
+
+def _clip_copy(tmp_path):
+    from srpo_trl.testing import tiny_clip_model
+
+    folder = tmp_path / "clip"
+    model, tokenizer = tiny_clip_model(0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
