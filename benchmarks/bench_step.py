@@ -134,6 +134,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_grad_norm", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--quantize_base",
+        choices=["int8", "int4"],
+        default=None,
+        help="LoRA only: the frozen transformer in int8/int4 (torchao), as SRPOConfig.quantize_base",
+    )
+    p.add_argument(
         "--allow_cudnn_attention",
         action="store_true",
         help="let attention use cuDNN's fused kernel (excluded by default, as in the trainer: srpo_trl.attention)",
@@ -212,6 +218,7 @@ def model_key(args) -> tuple:
         args.lora_rank,
         args.full,
         args.seed,
+        args.quantize_base,
     )
 
 
@@ -261,6 +268,10 @@ def build_models(args) -> Models:
     if args.full:
         transformer.requires_grad_(True)
     else:
+        if args.quantize_base is not None:  # as SRPOTrainer does with SRPOConfig.quantize_base
+            from srpo_trl.quantization import quantize_frozen_base
+
+            quantize_frozen_base(transformer, args.quantize_base)
         config = LoraConfig(
             r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=list(adapter.default_lora_target_modules)
         )
@@ -719,7 +730,8 @@ def summary(record: dict) -> str:
 
     lines = [
         f"{c['model']} {c['resolution']}px B={c['batch_size']} "
-        f"{'full' if c['full'] else 'LoRA r=' + str(c['lora_rank'])} {c['dtype']} rollout={c['rollout_steps']} "
+        f"{'full' if c['full'] else 'LoRA r=' + str(c['lora_rank'])}"
+        f"{' base=' + c['quantize_base'] if c.get('quantize_base') else ''} {c['dtype']} rollout={c['rollout_steps']} "
         f"ckpt(T={c['transformer_checkpointing']}, VAE={c['vae_checkpointing']}) reward={c['reward_dtype']} "
         f"on {record['device']}",
         f"  {'phase':<22}{'median':>12}{'peak mem':>14}",

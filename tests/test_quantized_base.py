@@ -64,3 +64,19 @@ def test_int8_base_halves_the_transformer_weights():
     quantize_frozen_base(transformer, "int8")
     after = linear_bytes(transformer)
     assert after < 0.6 * before, (before, after)
+
+
+def test_8bit_adamw_from_torchao(config):
+    """TrainingArguments' `optim="adamw_torch_8bit"`: AdamW with 8-bit states (torchao), guarded like any optimizer."""
+    trainer = SRPOTrainer(
+        demo_pipeline(0),
+        ColorWordReward(),
+        args=config(max_steps=3, learning_rate=0.05, optim="adamw_torch_8bit"),
+        train_dataset=TRAIN,
+        peft_config=LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian"),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert type(trainer.optimizer.optimizer).__name__ == "AdamW8bit"
+    assert trainer._nonfinite_guard is not None and trainer._nonfinite_guard.optimizer is not None
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
