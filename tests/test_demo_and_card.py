@@ -1,3 +1,4 @@
+import json
 import os
 
 from huggingface_hub import ModelCard
@@ -17,6 +18,16 @@ def test_demo_cli_writes_artefacts_and_raises_reward(tmp_path, capsys):
     before = float(line.split("before ")[1].split(",")[0])
     after = float(line.split("after ")[1].split(" ")[0])
     assert after > before
+
+    # The evaluation command the demo prints scores the result with the stock pipeline, against its base.
+    lines = printed.splitlines()
+    command = lines[lines.index("evaluate it with the stock diffusers pipeline:") + 1].split()
+    assert command[:2] == ["srpo-trl", "eval"]
+    assert main(command[1:]) == 0
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    srp = report["rewards"]["color"]["srp"]
+    assert srp["after"]["mean"] > srp["before"]["mean"] and srp["delta"] > 0
+    assert (out / "eval" / "eval_grid.png").is_file()
 
 
 def test_model_card_for_flux_dev_lora_carries_licence_and_metadata(tmp_path):

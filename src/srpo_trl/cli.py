@@ -1,21 +1,61 @@
-"""The `srpo-trl` console script."""
+"""The `srpo-trl` console script: `train`, `eval`, `demo`, `convert-hps`.
+
+`srpo-trl train` hands its arguments to the training script's own parser (TRL's `TrlParser` over
+`ScriptArguments`, `SRPOConfig` and `ModelConfig`), as `trl sft` does; `--accelerate_config NAME` first
+re-launches it through `accelerate launch` with one of the packaged configs (or a YAML path).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 
 from . import __version__
+
+ACCELERATE_CONFIGS = os.path.join(os.path.dirname(__file__), "accelerate_configs")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srpo-trl", description="SRPO for diffusers pipelines.")
     parser.add_argument("--version", action="version", version=f"srpo-trl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "train",
+        add_help=False,
+        help="Train with SRPO: srpo-trl train --config recipe.yaml [--accelerate_config NAME] [any SRPOConfig flag]; "
+        "'srpo-trl train --help' lists every flag.",
+    )
+
+    evaluate = commands.add_parser("eval", help="Score a base pipeline and a trained result with reward models.")
+    evaluate.add_argument("--model", required=True, help="Base pipeline: hub id or local folder.")
+    evaluate.add_argument("--result", help="Trained result: LoRA folder, folder with transformer/, or hub id.")
+    evaluate.add_argument(
+        "--prompts", required=True, help="Held-out prompts: .txt/.csv/.json/.jsonl/.parquet or hub id."
+    )
+    evaluate.add_argument("--prompt_column", default="prompt", help="Column of the prompts (default: prompt).")
+    evaluate.add_argument("--split", default="test", help="Split of a hub dataset (default: test).")
+    evaluate.add_argument("--num_prompts", type=int, default=None, help="Use only the first N prompts.")
+    evaluate.add_argument("--reward_funcs", nargs="+", required=True, help="Reward names or 'name:path' (see docs).")
+    evaluate.add_argument("--control_words", default="hps-realism", help="Control-word preset for SRP scores.")
+    evaluate.add_argument("--positive_control_words", nargs="+", help="Explicit positive words (override the preset).")
+    evaluate.add_argument("--negative_control_words", nargs="+", help="Explicit negative words (override the preset).")
+    evaluate.add_argument("--resolution", type=int, default=1024, help="Image size (default: 1024).")
+    evaluate.add_argument("--num_inference_steps", type=int, default=28, help="Sampling steps (default: 28).")
+    evaluate.add_argument("--guidance_scale", type=float, default=3.5, help="Guidance scale (default: 3.5).")
+    evaluate.add_argument("--max_sequence_length", type=int, default=512, help="Text tokens (default: 512).")
+    evaluate.add_argument("--batch_size", type=int, default=4, help="Prompts per pipeline call (default: 4).")
+    evaluate.add_argument("--seed", type=int, default=0, help="Seed of the first batch (default: 0).")
+    evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    evaluate.add_argument("--device", default=None, help="Device (default: cuda if available, else cpu).")
+    evaluate.add_argument("--output_dir", default="srpo-eval", help="Where eval.json and eval_grid.png go.")
+
     demo = commands.add_parser("demo", help="Train a tiny FLUX.1 model on the CPU with a visible colour reward.")
     demo.add_argument("--output_dir", default="srpo-demo", help="Folder for weights, images and model card.")
     demo.add_argument("--max_steps", type=int, default=300, help="Training steps (default: 300).")
     demo.add_argument("--seed", type=int, default=0, help="Seed of the tiny model, data order and noise.")
+
     convert = commands.add_parser(
         "convert-hps",
         help="Convert an HPSv2/HPSv2.1 open_clip checkpoint into a safetensors transformers CLIP folder.",
@@ -32,9 +72,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _convert_hps(args) -> None:
-    import os
+def accelerate_config_path(name: str) -> str:
+    """A packaged accelerate config by name (`multi_gpu`, `fsdp2`, ...), or a YAML path as is."""
+    if os.path.isfile(name):
+        return name
+    path = os.path.join(ACCELERATE_CONFIGS, f"{name}.yaml")
+    if not os.path.isfile(path):
+        names = sorted(f[:-5] for f in os.listdir(ACCELERATE_CONFIGS) if f.endswith(".yaml"))
+        raise SystemExit(f"srpo-trl train: --accelerate_config {name!r} is neither a file nor one of {names}")
+    return path
 
+
+def _train(argv: list[str]) -> int:
+    if "--accelerate_config" in argv:
+        i = argv.index("--accelerate_config")
+        if i + 1 >= len(argv):
+            raise SystemExit("srpo-trl train: --accelerate_config needs a name or a path")
+        config = accelerate_config_path(argv[i + 1])
+        rest = argv[:i] + argv[i + 2 :]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+        command += ["-m", "srpo_trl.scripts.train", *rest]
+        return subprocess.call(command)
+    from .scripts.train import main as train_main
+
+    train_main(argv)
+    return 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from .control_words import control_word_preset
+    from .data import load_prompt_dataset
+    from .evaluation import EvalSettings, run_eval
+
+    preset = control_word_preset(args.control_words)
+    dataset = load_prompt_dataset(args.prompts, split=args.split, prompt_column=args.prompt_column)
+    prompts = list(dataset[args.prompt_column])
+    if args.num_prompts is not None:
+        prompts = prompts[: args.num_prompts]
+    if not prompts:
+        raise SystemExit(f"srpo-trl eval: {args.prompts!r} holds no prompts")
+    settings = EvalSettings(
+        resolution=args.resolution,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_sequence_length=args.max_sequence_length,
+        positive_control_words=args.positive_control_words or list(preset.positive),
+        negative_control_words=args.negative_control_words or list(preset.negative),
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    run_eval(
+        args.model,
+        args.result,
+        prompts,
+        args.reward_funcs,
+        args.output_dir,
+        settings,
+        dtype=getattr(torch, args.dtype),
+        device=device,
+    )
+    return 0
+
+
+def _convert_hps(args) -> None:
     from .rewards.hps import convert_hps
 
     if not os.path.isfile(args.checkpoint):
@@ -46,6 +149,9 @@ def _convert_hps(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":  # the training script parses its own (many) flags
+        return _train(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         if args.max_steps < 1:
@@ -53,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo
 
         run_demo(output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed)
+    elif args.command == "eval":
+        return _eval(args)
     elif args.command == "convert-hps":
         _convert_hps(args)
     return 0

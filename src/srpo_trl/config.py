@@ -117,6 +117,17 @@ class SRPOConfig(TrainingArguments):
             Dtype the reward models run in: `"float32"`, `"bfloat16"` or `"float16"`. Defaults to `"bfloat16"` when
             `bf16` is on, else `"float32"`. Preprocessing and scores stay in float32.
 
+        > Parameters that control progress reports and artefacts
+
+        sample_prompts (`list[str]`, *optional*):
+            Prompts whose images (same seed each time) are logged to the trackers of `report_to` (tensorboard,
+            wandb) every `sample_steps` steps and at the end of training, when they are also written to
+            `output_dir/samples/` for the model card.
+        sample_steps (`int`, *optional*, defaults to `0`):
+            Steps between sample images; `0` logs them only at the end.
+        plot_reward_curve (`bool`, *optional*, defaults to `True`):
+            At the end of training, write `reward_curve.png` (the logged rewards against the step) to `output_dir`.
+
         > Parameters that save memory
 
         quantize_base (`str`, *optional*):
@@ -241,6 +252,18 @@ class SRPOConfig(TrainingArguments):
         metadata={"help": "Reward model dtype: float32, bfloat16 or float16; bfloat16 when bf16 is on, else float32."},
     )
 
+    # Progress and artefacts
+    sample_prompts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Prompts whose images are logged to the report_to trackers.", "nargs": "+"},
+    )
+    sample_steps: int = field(
+        default=0, metadata={"help": "Log sample images every this many steps (0: only at the end of training)."}
+    )
+    plot_reward_curve: bool = field(
+        default=True, metadata={"help": "Write reward_curve.png to output_dir at the end of training."}
+    )
+
     # Memory
     quantize_base: str | None = field(
         default=None,
@@ -355,6 +378,10 @@ class SRPOConfig(TrainingArguments):
                 fail(name, words, "expected a list of non-empty strings")
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.sample_steps < 0:
+            fail("sample_steps", self.sample_steps, "must be >= 0 (0: only at the end of training)")
+        if self.sample_prompts is not None and not all(isinstance(p, str) and p.strip() for p in self.sample_prompts):
+            fail("sample_prompts", self.sample_prompts, "expected a list of non-empty strings")
         if self.quantize_base is not None and self.quantize_base not in ("int8", "int4"):
             fail("quantize_base", self.quantize_base, "expected 'int8' or 'int4'")
         if self.max_consecutive_nonfinite_steps < 0:

@@ -109,7 +109,13 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         "model card": os.path.join(output_dir, "README.md"),
         "before/after grid": os.path.join(output_dir, "before_after.png"),
         "reward curve": os.path.join(output_dir, "reward_curve.png"),
+        "base pipeline": os.path.join(output_dir, "base"),
+        "held-out prompts": os.path.join(output_dir, "eval_prompts.txt"),
     }
+    # The untrained tiny pipeline and the held-out prompts, so that `srpo-trl eval` can compare against the base.
+    demo_pipeline(seed).save_pretrained(files["base pipeline"])
+    with open(files["held-out prompts"], "w") as f:
+        f.write("\n".join(EVAL_PROMPTS) + "\n")
     image_grid([before_images, after_images], ["before", "after"]).save(files["before/after grid"])
     keys = ["reward/denoise", "reward/inversion", "eval_reward"]
     reward_curve(trainer.state.log_history, keys, title="SRP reward (blue - red)").save(files["reward curve"])
@@ -117,4 +123,14 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
     log(f"held-out SRP reward (mean blue - red): before {before:.4f}, after {after:.4f} ({seconds:.0f} s)")
     for name, path in files.items():
         log(f"  {name}: {path}")
+    log("evaluate it with the stock diffusers pipeline:\n  " + eval_command(output_dir))
     return DemoResult(output_dir, before, after, seconds, files)
+
+
+def eval_command(output_dir: str) -> str:
+    """The `srpo-trl eval` command that scores the demo's result against its base."""
+    return (
+        f"srpo-trl eval --model {output_dir}/base --result {output_dir} --prompts {output_dir}/eval_prompts.txt "
+        f"--reward_funcs color --positive_control_words {POSITIVE_WORD} --negative_control_words {NEGATIVE_WORD} "
+        f"--resolution 64 --num_inference_steps 10 --max_sequence_length 32 --output_dir {output_dir}/eval"
+    )

@@ -32,9 +32,10 @@ from .config import SRPOConfig
 from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .guards import InterruptionHandler, NonFiniteGuard, check_reward_output
 from .hub import build_model_card
+from .integrations import adapt_tracker_callbacks
 from .models import check_model_index, get_adapter
 from .quantization import quantize_frozen_base
-from .rewards import Reward, as_reward, load_reward, with_control_word
+from .rewards import Reward, as_reward, load_reward, srp_score
 from .rewards.aesthetic import IMAGE_ONLY_NOTICE
 from .text_cache import TextEmbeddingCache
 
@@ -206,6 +207,7 @@ class SRPOTrainer(Trainer):
             callbacks=callbacks,
             optimizers=optimizers,
         )
+        adapt_tracker_callbacks(self.callback_handler)
         self._move_frozen_parts(self.accelerator.device)
         if self.offline:
             logger.warning(
@@ -223,6 +225,8 @@ class SRPOTrainer(Trainer):
         self._nonfinite_guard: NonFiniteGuard | None = None
         self._interruption = InterruptionHandler()
         self.add_callback(_StopOnSignal(self))
+        # First in line, so that at the end of training the trackers' writers are still open for the last samples.
+        self.callback_handler.callbacks.insert(0, _SamplesAndRewardCurve(self))
 
     # ------------------------------------------------------------------ set-up
 
@@ -518,13 +522,8 @@ class SRPOTrainer(Trainer):
         return metrics
 
     def _eval_srp(self, reward: Reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        if not reward.text_conditioned:
-            return reward.score(images, prompts).float()
-
-        def mean_over(words):
-            return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
-
-        return mean_over(self.args.positive_control_words) - mean_over(self.args.negative_control_words)
+        args = self.args
+        return srp_score(reward, images, prompts, args.positive_control_words, args.negative_control_words)
 
     # ---------------------------------------------------------------- saving
 
@@ -610,6 +609,34 @@ class SRPOTrainer(Trainer):
             ],
             revision=revision if revision is not None else self.args.hub_revision,
         )
+
+    def log_samples(self) -> None:
+        """Generate `args.sample_prompts` (fixed seed) and log the images to the `report_to` trackers."""
+        prompts = list(self.args.sample_prompts or [])
+        if not prompts:
+            return
+        images = self.generate(prompts, seed=self.args.seed)  # on every process: sharded models need all ranks
+        if not self.is_world_process_zero():
+            return
+        step = self.state.global_step
+        for callback in self.callback_handler.callbacks:
+            writer = getattr(callback, "tb_writer", None)  # transformers' TensorBoardCallback
+            if writer is not None:
+                writer.add_images("samples", images.float().cpu(), step)
+                writer.flush()
+            run = getattr(callback, "_wandb", None)  # transformers' WandbCallback
+            if run is not None and getattr(callback, "_initialized", False):
+                from .plotting import to_pil
+
+                run.log({"samples": [run.Image(to_pil(x), caption=p) for x, p in zip(images, prompts)]}, commit=False)
+
+    def _write_reward_curve(self) -> None:
+        from .plotting import reward_curve
+
+        keys = ["reward/denoise", "reward/inversion", "eval_reward"]
+        if any(k in row for row in self.state.log_history for k in keys):
+            path = os.path.join(self.args.output_dir, "reward_curve.png")
+            reward_curve(self.state.log_history, keys, title="SRPO reward").save(path)
 
     # ------------------------------------------------------------------ guards
 
@@ -756,4 +783,24 @@ class _StopOnSignal(TrainerCallback):
         if self.trainer._on_any_process(self.trainer._interruption.received is not None):
             control.should_save = True
             control.should_training_stop = True
+        return control
+
+
+class _SamplesAndRewardCurve(TrainerCallback):
+    """Sample images every `sample_steps` and at the end; the reward-curve plot at the end of training."""
+
+    def __init__(self, trainer: SRPOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.sample_prompts and args.sample_steps and state.global_step % args.sample_steps == 0:
+            self.trainer.log_samples()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if args.sample_prompts:
+            self.trainer.log_samples()
+            self.trainer.save_samples(args.sample_prompts, seed=args.seed)
+        if args.plot_reward_curve and self.trainer.is_world_process_zero():
+            self.trainer._write_reward_curve()
         return control

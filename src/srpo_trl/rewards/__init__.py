@@ -2,7 +2,7 @@
 
 from ..control_words import CONTROL_WORD_PRESETS, control_word_preset
 from .aesthetic import AestheticMLP, AestheticReward
-from .base import CallableReward, Reward, as_reward, with_control_word
+from .base import CallableReward, Reward, as_reward, srp_score, with_control_word
 from .clip import CLIPReward
 from .color import ColorWordReward
 from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to_transformers
@@ -29,5 +29,6 @@ __all__ = [
     "load_reward",
     "load_state_dict_file",
     "open_clip_to_transformers",
+    "srp_score",
     "with_control_word",
 ]

@@ -77,3 +77,17 @@ def as_reward(reward: Reward | Callable) -> Reward:
         f"reward_funcs: expected a srpo_trl.rewards.Reward or a callable fn(images, prompts) -> Tensor[B], "
         f"got {type(reward).__name__}"
     )
+
+
+def srp_score(reward: Reward, images: torch.Tensor, prompts: Sequence[str], positive_words, negative_words):
+    """Evaluation SRP (`k = 0`, averaged over the words): `mean_p f(x, p. prompt) - mean_n f(x, n. prompt)`.
+
+    Image-only rewards give their plain `f(x)`.
+    """
+    if not reward.text_conditioned:
+        return reward.score(images, prompts).float()
+
+    def mean_over(words):
+        return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
+
+    return mean_over(positive_words) - mean_over(negative_words)

@@ -194,7 +194,8 @@ def split_name_and_path(text: str) -> tuple[str | None, str | None]:
 def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtype | None = None, **kwargs) -> Reward:
     """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
 
-    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic` (see
+    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, and `color`, the
+    demo's colour-word stand-in (see
     `REWARDS` and the rewards page of the docs). Without a path the checkpoint is downloaded from its
     usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint or a folder
     written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else the
@@ -207,6 +208,10 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     """
     if not isinstance(name_or_path, str):
         raise TypeError(f"load_reward: expected a name or path string, got {type(name_or_path).__name__}")
+    if name_or_path == "color":  # the demo's stand-in reward (no model), so that `srpo-trl eval` can score the demo
+        from .color import ColorWordReward
+
+        return ColorWordReward()
     name, embedded_path = split_name_and_path(name_or_path)
     path = path or embedded_path
     if name is not None:

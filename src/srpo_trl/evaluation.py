@@ -1,0 +1,172 @@
+"""`srpo-trl eval`: score a base pipeline and a trained result on held-out prompts with reward models.
+
+Images come from the stock diffusers pipeline (`pipe(prompt=..., num_inference_steps=..., guidance_scale=...)`),
+so the numbers describe what users get at inference, with the same seeds before and after. Each reward
+gives its plain score `f(x, prompt)` and, for text-conditioned rewards, the SRP score (`k = 0`, averaged
+over the control words). The result is a JSON of per-reward mean and std before and after, and their
+difference, plus a side-by-side image grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpointing import LORA_WEIGHTS_NAME
+
+
+@dataclass
+class EvalSettings:
+    resolution: int = 1024
+    num_inference_steps: int = 28
+    guidance_scale: float = 3.5
+    seed: int = 0
+    batch_size: int = 4
+    max_sequence_length: int = 512
+    positive_control_words: list[str] = field(default_factory=list)
+    negative_control_words: list[str] = field(default_factory=list)
+
+
+def load_result(pipeline, result: str) -> str:
+    """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/`, or a hub id (LoRA first)."""
+    if os.path.isdir(result):
+        if os.path.isfile(os.path.join(result, LORA_WEIGHTS_NAME)):
+            pipeline.load_lora_weights(result)
+            return "lora"
+        if os.path.isdir(os.path.join(result, "transformer")):
+            cls = type(pipeline.transformer)
+            pipeline.transformer = cls.from_pretrained(result, subfolder="transformer", torch_dtype=pipeline.dtype)
+            return "transformer"
+        raise ValueError(f"--result {result!r} holds neither {LORA_WEIGHTS_NAME} nor a transformer/ folder")
+    try:
+        pipeline.load_lora_weights(result)
+        return "lora"
+    except Exception as lora_error:  # noqa: BLE001 - a hub repo of a full fine-tune has no LoRA file
+        try:
+            cls = type(pipeline.transformer)
+            pipeline.transformer = cls.from_pretrained(result, subfolder="transformer", torch_dtype=pipeline.dtype)
+            return "transformer"
+        except Exception as error:  # noqa: BLE001
+            raise ValueError(f"--result {result!r}: not a LoRA ({lora_error}) nor a transformer ({error})") from error
+
+
+@torch.no_grad()
+def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tensor:
+    """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`."""
+    images = []
+    for i, start in enumerate(range(0, len(prompts), settings.batch_size)):
+        batch = prompts[start : start + settings.batch_size]
+        out = pipeline(
+            prompt=batch,
+            height=settings.resolution,
+            width=settings.resolution,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            max_sequence_length=settings.max_sequence_length,
+            generator=torch.Generator().manual_seed(settings.seed + i),
+            output_type="pt",
+        )
+        images.append(out.images.float().cpu())
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def score(rewards, images: torch.Tensor, prompts: list[str], settings: EvalSettings) -> dict[str, dict]:
+    """Per reward: `{"plain": tensor[N]}` and, when text-conditioned, `"srp"`."""
+    from .rewards import srp_score
+
+    scores = {}
+    for reward in rewards:
+        device = next(reward.parameters(), torch.empty(0)).device
+        x = images.to(device)
+        entry = {"plain": reward.score(x, prompts).float().cpu()}
+        if reward.text_conditioned:
+            entry["srp"] = srp_score(
+                reward, x, prompts, settings.positive_control_words, settings.negative_control_words
+            ).cpu()
+        scores[reward.name] = entry
+    return scores
+
+
+def _stats(values: torch.Tensor) -> dict[str, float]:
+    return {"mean": values.mean().item(), "std": values.std(unbiased=False).item()}
+
+
+def summarise(before: dict, after: dict | None) -> dict:
+    """`{reward: {kind: {"before": {mean, std}, "after": {mean, std}, "delta": after - before}}}`."""
+    summary = {}
+    for name, kinds in before.items():
+        summary[name] = {}
+        for kind, values in kinds.items():
+            row = {"before": _stats(values)}
+            if after is not None:
+                row["after"] = _stats(after[name][kind])
+                row["delta"] = row["after"]["mean"] - row["before"]["mean"]
+            summary[name][kind] = row
+    return summary
+
+
+def run_eval(
+    model: str,
+    result: str | None,
+    prompts: list[str],
+    reward_funcs: list[str],
+    output_dir: str,
+    settings: EvalSettings,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    log=print,
+) -> dict:
+    """Score `model` (and `model` + `result`) on `prompts`; write `eval.json` and `eval_grid.png` to `output_dir`."""
+    from diffusers import DiffusionPipeline
+
+    from .models import adapter_class
+    from .plotting import image_grid
+    from .rewards import load_reward
+
+    os.makedirs(output_dir, exist_ok=True)
+    rewards = [load_reward(name, dtype=dtype).to(device).eval() for name in reward_funcs]
+    if any(r.text_conditioned for r in rewards) and not (
+        settings.positive_control_words and settings.negative_control_words
+    ):
+        raise ValueError("srpo-trl eval: a text-conditioned reward needs positive and negative control words")
+    pipeline = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    if adapter_class(type(pipeline)).requires_reference_image:
+        raise ValueError(f"srpo-trl eval scores text-to-image pipelines; {type(pipeline).__name__} edits images")
+    pipeline.set_progress_bar_config(disable=True)
+    log(f"srpo-trl eval: {len(prompts)} prompts, rewards {reward_funcs}, {settings.resolution}px")
+    before_images = generate(pipeline, prompts, settings)
+    before = score(rewards, before_images, prompts, settings)
+    after_images = after = None
+    if result is not None:
+        kind = load_result(pipeline, result)
+        pipeline.to(device)
+        log(f"  loaded {result} ({kind})")
+        after_images = generate(pipeline, prompts, settings)
+        after = score(rewards, after_images, prompts, settings)
+    report = {
+        "model": model,
+        "result": result,
+        "num_prompts": len(prompts),
+        "settings": settings.__dict__,
+        "rewards": summarise(before, after),
+    }
+    with open(os.path.join(output_dir, "eval.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    shown = slice(0, 8)
+    rows, labels = [before_images[shown]], ["before"]
+    if after_images is not None:
+        rows.append(after_images[shown])
+        labels.append("after")
+    image_grid(rows, labels).save(os.path.join(output_dir, "eval_grid.png"))
+    for name, kinds in report["rewards"].items():
+        for kind, row in kinds.items():
+            text = f"  {name}/{kind}: before {row['before']['mean']:.4f} +- {row['before']['std']:.4f}"
+            if "after" in row:
+                text += f", after {row['after']['mean']:.4f} +- {row['after']['std']:.4f}, delta {row['delta']:+.4f}"
+            log(text)
+    log(f"  wrote {os.path.join(output_dir, 'eval.json')} and {os.path.join(output_dir, 'eval_grid.png')}")
+    return report

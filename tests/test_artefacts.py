@@ -1,0 +1,50 @@
+"""Progress artefacts: sample images in the trackers, the reward curve, and one progress bar per run."""
+
+import glob
+
+from datasets import Dataset
+from peft import LoraConfig
+from PIL import Image
+
+from srpo_trl import ColorWordReward, SRPOTrainer
+from srpo_trl.demo import demo_pipeline
+
+
+def _images_in_tensorboard(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    steps = []
+    for path in glob.glob(f"{log_dir}/**/events.out.tfevents.*", recursive=True):
+        events = EventAccumulator(path, size_guidance={IMAGES: 0})
+        events.Reload()
+        for tag in events.Tags()["images"]:
+            steps += [(tag, e.step) for e in events.Images(tag)]
+    return steps
+
+
+def test_samples_go_to_tensorboard_and_the_reward_curve_is_written(config, tmp_path, capsys):
+    args = config(
+        max_steps=4,
+        report_to="tensorboard",
+        sample_prompts=["a red house", "the blue sea"],
+        sample_steps=2,
+        disable_tqdm=False,
+    )
+    trainer = SRPOTrainer(
+        demo_pipeline(0),
+        ColorWordReward(),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
+        peft_config=LoraConfig(r=4, lora_alpha=4),
+    )
+    trainer.train()
+    logged = _images_in_tensorboard(tmp_path / "out" / "runs")  # the TensorBoard callback's default folder
+    # every 2 steps (steps 2 and 4), and once more at the end of training (step 4); one grid of both prompts each
+    assert sorted(step for _, step in logged) == [2, 4, 4]
+    curve = Image.open(tmp_path / "out" / "reward_curve.png")
+    assert curve.size[0] > 100
+    assert (tmp_path / "out" / "samples" / "sample_1.png").is_file()
+    # One progress bar for the run: the rollout and the sampling never open their own.
+    err = capsys.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if "it/s]" in line or "s/it]" in line]
+    assert bars and all("/4 [" in line for line in bars), bars[:5]

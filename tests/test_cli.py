@@ -1,0 +1,79 @@
+"""`srpo-trl train` (directly and through accelerate) and the CLI's error paths; demo, eval and convert-hps
+are exercised in test_demo_and_card.py and test_reward_models.py."""
+
+import pytest
+import yaml
+
+from srpo_trl.cli import accelerate_config_path, main
+from srpo_trl.testing import tiny_flux_pipeline
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    tiny_flux_pipeline(0).save_pretrained(tmp_path / "pipe")
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\na house\nthe sea\n")
+    values = {
+        "model_name_or_path": str(tmp_path / "pipe"),
+        "dataset_name": str(tmp_path / "prompts.txt"),
+        "reward_funcs": ["color"],
+        "positive_control_words": ["blue"],
+        "negative_control_words": ["red"],
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "resolution": 64,
+        "rollout_steps": 2,
+        "max_sequence_length": 16,
+        "report_to": "none",
+        "use_peft": True,
+        "lora_r": 4,
+        "lora_alpha": 4,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_train_reads_a_yaml_recipe_and_flags_override_it(recipe, tmp_path):
+    assert main(["train", "--config", str(recipe), "--output_dir", str(tmp_path / "flagged")]) == 0
+    assert (tmp_path / "flagged" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (tmp_path / "out").exists()  # the flag won over the recipe
+
+
+def test_train_through_accelerate_with_a_config_file(recipe, tmp_path, monkeypatch):
+    config = tmp_path / "two_cpus.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "distributed_type": "MULTI_GPU",
+                "num_processes": 2,
+                "num_machines": 1,
+                "mixed_precision": "no",
+                "main_process_port": 29561,
+            }
+        )
+    )
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # two processes on the CPU, gloo
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["train", "--accelerate_config", str(config), "--config", str(recipe)]) == 0
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_packaged_accelerate_configs_by_name():
+    for name in ("single_gpu", "multi_gpu", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"):
+        assert accelerate_config_path(name).endswith(f"{name}.yaml")
+    with pytest.raises(SystemExit, match=r"'fsdp3' is neither a file nor one of \['deepspeed_zero2'"):
+        accelerate_config_path("fsdp3")
+
+
+def test_train_help_lists_srpo_and_lora_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--reward_funcs", "--rho", "--use_peft", "--lora_r", "--per_process_noise", "--quantize_base"):
+        assert flag in out, flag
+
+
+def test_eval_rejects_a_missing_prompt_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["eval", "--model", "x", "--prompts", str(tmp_path / "no.txt"), "--reward_funcs", "color"])

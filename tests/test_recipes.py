@@ -1,0 +1,53 @@
+"""The recipes in examples/configs parse into valid configs and carry the published values."""
+
+import os
+
+import pytest
+
+from srpo_trl.scripts.train import make_parser
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "examples", "configs")
+
+
+def _parse(name, tmp_path):
+    parser = make_parser()
+    script, args, model = parser.parse_args_and_config(
+        args=["--config", os.path.join(CONFIGS, name), "--output_dir", str(tmp_path)]
+    )
+    return script, args, model
+
+
+@pytest.mark.parametrize(
+    "name", ["flux_dev_hpsv2.yaml", "flux_dev_pickscore.yaml", "flux_dev_lora_1gpu.yaml", "flux_dev_offline.yaml"]
+)
+def test_recipe_parses(name, tmp_path):
+    script, args, model = _parse(name, tmp_path)
+    assert model.model_name_or_path == "black-forest-labs/FLUX.1-dev" and model.dtype == "bfloat16"
+    assert args.image_size == (720, 720)
+    assert args.positive_control_words == ["Natural-lighting", "Detail", "Detailed", "Real"]
+
+
+def test_published_recipe_values(tmp_path):
+    script, args, model = _parse("flux_dev_hpsv2.yaml", tmp_path)
+    assert script.reward_funcs == ["hpsv2.1"] and not model.use_peft
+    assert (args.rollout_steps, args.rollout_guidance_scale, args.train_guidance_scale) == (25, 1.0, 3.5)
+    assert (args.window_grid_steps, args.window_start_index, args.window_end_index) == (50, 5, 25)
+    assert (args.num_levels, args.rho, args.hinge_threshold) == (1000, 0.9, 0.7)
+    assert args.denoise_discount == [0.10, 0.25] and args.inversion_discount == [0.30, 0.01]
+    assert (args.learning_rate, args.weight_decay, args.max_grad_norm) == (5e-6, 1e-4, 0.1)
+    assert args.lr_scheduler_type.value == "constant"
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 8 == 32  # on 8 GPUs
+
+
+def test_pickscore_variant_values(tmp_path):
+    script, args, _ = _parse("flux_dev_pickscore.yaml", tmp_path)
+    assert script.reward_funcs == ["pickscore"]
+    assert args.denoise_discount == [0.1, 0.5] and args.inversion_discount == [0.6, 0.01]
+    assert (args.window_end_index, args.rollout_guidance_scale) == (30, 2.0)
+
+
+def test_lora_and_offline_recipes(tmp_path):
+    _, args, model = _parse("flux_dev_lora_1gpu.yaml", tmp_path)
+    assert model.use_peft and model.lora_r == 64
+    _, args, model = _parse("flux_dev_offline.yaml", tmp_path)
+    assert args.offline is True and model.use_peft
