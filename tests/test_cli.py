@@ -77,3 +77,28 @@ def test_train_help_lists_srpo_and_lora_flags(capsys):
 def test_eval_rejects_a_missing_prompt_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["eval", "--model", "x", "--prompts", str(tmp_path / "no.txt"), "--reward_funcs", "color"])
+
+
+def test_eval_a_full_fine_tune_folder(tmp_path):
+    """`--result` may be a folder with transformer/ (full fine-tuning): before and after differ, the JSON says so."""
+    import json
+
+    import torch
+
+    base = tiny_flux_pipeline(0)
+    base.save_pretrained(tmp_path / "base")
+    tuned = tiny_flux_pipeline(0).transformer
+    with torch.no_grad():
+        tuned.proj_out.bias.add_(0.5)  # a visible change of the output
+    tuned.save_pretrained(tmp_path / "result" / "transformer")
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    args = ["eval", "--model", str(tmp_path / "base"), "--result", str(tmp_path / "result"), "--prompts"]
+    args += [str(tmp_path / "prompts.txt"), "--reward_funcs", "color", "--control_words", "brightness"]
+    args += ["--resolution", "64", "--num_inference_steps", "3", "--max_sequence_length", "16"]
+    args += ["--output_dir", str(tmp_path / "eval")]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    srp = report["rewards"]["color"]["srp"]
+    assert report["num_prompts"] == 2 and srp["delta"] != 0
+    assert srp["delta"] == srp["after"]["mean"] - srp["before"]["mean"]
+    assert report["settings"]["positive_control_words"] == ["Bright", "Well-lit"]
