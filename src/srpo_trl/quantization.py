@@ -6,8 +6,9 @@ transformer is 23.8 GB in bf16; int8 weight-only storage halves that and int4 qu
 is the usual diffusers LoRA and loads onto the unquantised base.
 
 `int8` (`Int8WeightOnlyConfig`) runs on CPUs and GPUs (measured on an H200 at 720 px: peak 28.5 GiB instead of
-38.0 GiB, step 1.4x slower). `int4` (`Int4WeightOnlyConfig`) needs CUDA and torchao's separate `mslk` kernel
-package; it has not been run here. Install with `pip install "srpo-trl[quant]"`.
+38.0 GiB, step 1.4x slower). `int4` (`Int4WeightOnlyConfig`) needs CUDA and torchao's separate `mslk>=1.0`
+kernel package (PyPI had only 0.0.0 when this was written); it has not been run here. Install with
+`pip install "srpo-trl[quant]"`.
 """
 
 from __future__ import annotations
