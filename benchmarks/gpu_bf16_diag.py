@@ -17,52 +17,20 @@ import argparse
 import contextlib
 import json
 import os
-import tempfile
+import sys
 import time
 import traceback
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # gpu_validation.py beside this file
+
 
 def _trainer(steps: int, seed: int, cpu: bool, **overrides):
-    from datasets import Dataset
-    from peft import LoraConfig
+    """gpu_validation.py's tiny bf16 set-up, counting non-finite steps instead of stopping on them."""
+    from gpu_validation import tiny_bf16_trainer
 
-    from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
-    from srpo_trl.demo import demo_pipeline
-
-    kwargs = dict(
-        output_dir=tempfile.mkdtemp(prefix="srpo_bf16_diag_"),
-        max_steps=steps,
-        learning_rate=1e-1,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=2,
-        rollout_steps=6,
-        resolution=64,
-        max_sequence_length=32,
-        positive_control_words=["blue"],
-        negative_control_words=["red"],
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1000,
-        disable_tqdm=True,
-        transformer_gradient_checkpointing=False,
-        vae_gradient_checkpointing=False,
-        seed=seed,
-        bf16=True,
-        use_cpu=cpu,
-        max_consecutive_nonfinite_steps=0,  # count, never stop
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(seed)
-    return SRPOTrainer(
-        model=demo_pipeline(0),
-        reward_funcs=ColorWordReward(),
-        args=SRPOConfig(**kwargs),
-        train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]}),
-        eval_dataset=Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]}),
-        peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
-    )
+    return tiny_bf16_trainer(steps, seed, cpu, logging_steps=1000, max_consecutive_nonfinite_steps=0, **overrides)
 
 
 def _backend(name: str):

@@ -316,6 +316,52 @@ TINY_SEEDS = (0, 1, 2)
 TINY_STEPS = 60
 
 
+def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.float32, **overrides):
+    """The LoRA reward-raising set-up of tests/test_trainer.py under `SRPOConfig(bf16=True)` (also used by
+    gpu_bf16_diag.py): the demo's tiny pipeline, the colour reward, +blue / -red, lr 0.1, batch 2."""
+    from peft import LoraConfig
+
+    from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
+    from srpo_trl.demo import demo_pipeline
+
+    train = bench_step._dataset([{"prompt": p} for p in ["a cat", "a dog on a hill", "a house", "the sea"]])
+    held_out = bench_step._dataset([{"prompt": p} for p in ["a bird", "a tree", "a car"]])
+    kwargs = dict(
+        output_dir=tempfile.mkdtemp(prefix="srpo_bf16_"),  # nothing is saved
+        max_steps=steps,
+        learning_rate=1e-1,
+        max_grad_norm=1.0,
+        per_device_train_batch_size=2,
+        rollout_steps=6,
+        resolution=64,
+        max_sequence_length=32,
+        positive_control_words=["blue"],
+        negative_control_words=["red"],
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=True,
+        transformer_gradient_checkpointing=False,
+        vae_gradient_checkpointing=False,
+        seed=seed,
+        bf16=True,
+        use_cpu=cpu or not torch.cuda.is_available(),
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(seed)
+    pipe = demo_pipeline(0)
+    if pipeline_dtype != torch.float32:
+        pipe.to(dtype=pipeline_dtype)
+    return SRPOTrainer(
+        model=pipe,
+        reward_funcs=ColorWordReward(),
+        args=SRPOConfig(**kwargs),
+        train_dataset=train,
+        eval_dataset=held_out,
+        peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
+    )
+
+
 def case_tiny_training(dry_run: bool) -> dict:
     """The LoRA reward-raising test of tests/test_trainer.py, under SRPOTrainer(bf16=True), on the card.
 
@@ -324,50 +370,10 @@ def case_tiny_training(dry_run: bool) -> dict:
     +0.34 in fp32; seeds 1 to 3 gained +0.09 to +0.13, and seed 0 +0.14 in 60 steps). Passes when the median
     gain over the seeds exceeds 0.05 and every seed gains.
     """
-    from peft import LoraConfig
-
-    from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
-    from srpo_trl.demo import demo_pipeline
-
-    train = bench_step._dataset([{"prompt": p} for p in ["a cat", "a dog on a hill", "a house", "the sea"]])
-    held_out = bench_step._dataset([{"prompt": p} for p in ["a bird", "a tree", "a car"]])
-
     scratch = tempfile.mkdtemp(prefix="srpo_gpu_validation_")
 
     def run(pipeline_dtype: torch.dtype, seed: int) -> dict:
-        torch.manual_seed(seed)
-        args = SRPOConfig(
-            output_dir=scratch,  # nothing is saved
-            max_steps=TINY_STEPS,
-            learning_rate=1e-1,
-            max_grad_norm=1.0,
-            per_device_train_batch_size=2,
-            rollout_steps=6,
-            resolution=64,
-            max_sequence_length=32,
-            positive_control_words=["blue"],
-            negative_control_words=["red"],
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10,
-            disable_tqdm=True,
-            transformer_gradient_checkpointing=False,
-            vae_gradient_checkpointing=False,
-            seed=seed,
-            bf16=True,
-            use_cpu=dry_run or not torch.cuda.is_available(),
-        )
-        pipe = demo_pipeline(0)
-        if pipeline_dtype != torch.float32:
-            pipe.to(dtype=pipeline_dtype)
-        trainer = SRPOTrainer(
-            model=pipe,
-            reward_funcs=ColorWordReward(),
-            args=args,
-            train_dataset=train,
-            eval_dataset=held_out,
-            peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
-        )
+        trainer = tiny_bf16_trainer(TINY_STEPS, seed, cpu=dry_run, output_dir=scratch, pipeline_dtype=pipeline_dtype)
         lora = [p for p in trainer.pipeline.transformer.parameters() if p.requires_grad]
         before = trainer.evaluate()["eval_reward"]
         t = time.perf_counter()

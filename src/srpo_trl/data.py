@@ -50,6 +50,21 @@ def bad_prompt(value) -> bool:
     return not isinstance(value, str) or not value.strip()
 
 
+def check_columns(dataset, columns: list[tuple[str, str]], what: str = "train_dataset") -> None:
+    """Raise a `ValueError` naming a missing column and the `SRPOConfig` field that sets it.
+
+    `columns` holds `(field name, column)` pairs; streamed datasets without declared columns pass.
+    """
+    present = _columns(dataset)
+    if present is None:
+        return
+    for field_name, column in columns:
+        if column not in present:
+            raise ValueError(
+                f"{what} has no column {column!r}; its columns are {present}. Set SRPOConfig.{field_name}."
+            )
+
+
 def check_dataset(dataset, prompt_column: str, what: str = "train_dataset", image_column: str | None = None) -> None:
     """Raise a `ValueError` naming the problem if the dataset cannot feed SRPO (before any model work).
 
@@ -58,14 +73,10 @@ def check_dataset(dataset, prompt_column: str, what: str = "train_dataset", imag
     """
     if dataset is None:
         return
-    columns = _columns(dataset)
-    if columns is not None:
-        for column in filter(None, (prompt_column, image_column)):
-            if column not in columns:
-                raise ValueError(
-                    f"{what} has no column {column!r}; its columns are {columns}. Set "
-                    f"SRPOConfig.{'dataset_prompt_column' if column == prompt_column else 'dataset_image_column'}."
-                )
+    required = [("dataset_prompt_column", prompt_column)]
+    if image_column is not None:
+        required.append(("dataset_image_column", image_column))
+    check_columns(dataset, required, what)
     if not hasattr(dataset, "__len__"):
         return
     if len(dataset) == 0:

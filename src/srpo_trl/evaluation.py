@@ -30,6 +30,11 @@ class EvalSettings:
     negative_control_words: list[str] = field(default_factory=list)
 
 
+def _load_transformer(pipeline, source: str) -> None:
+    cls = type(pipeline.transformer)
+    pipeline.transformer = cls.from_pretrained(source, subfolder="transformer", torch_dtype=pipeline.dtype)
+
+
 def load_result(pipeline, result: str) -> str:
     """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/`, or a hub id (LoRA first)."""
     if os.path.isdir(result):
@@ -37,8 +42,7 @@ def load_result(pipeline, result: str) -> str:
             pipeline.load_lora_weights(result)
             return "lora"
         if os.path.isdir(os.path.join(result, "transformer")):
-            cls = type(pipeline.transformer)
-            pipeline.transformer = cls.from_pretrained(result, subfolder="transformer", torch_dtype=pipeline.dtype)
+            _load_transformer(pipeline, result)
             return "transformer"
         raise ValueError(f"--result {result!r} holds neither {LORA_WEIGHTS_NAME} nor a transformer/ folder")
     try:
@@ -46,8 +50,7 @@ def load_result(pipeline, result: str) -> str:
         return "lora"
     except Exception as lora_error:  # noqa: BLE001 - a hub repo of a full fine-tune has no LoRA file
         try:
-            cls = type(pipeline.transformer)
-            pipeline.transformer = cls.from_pretrained(result, subfolder="transformer", torch_dtype=pipeline.dtype)
+            _load_transformer(pipeline, result)
             return "transformer"
         except Exception as error:  # noqa: BLE001
             raise ValueError(f"--result {result!r}: not a LoRA ({lora_error}) nor a transformer ({error})") from error

@@ -41,11 +41,15 @@ def check_reward_output(name: str, value, batch: int) -> None:
 class NonFiniteGuard:
     """Skip optimizer steps with a non-finite loss or gradient; stop after `max_consecutive` in a row.
 
+    The check costs one host synchronisation per optimizer step: losses are folded into a device-side flag as
+    they come, and the gradients are checked through their total norm (one fused pass), which is finite exactly
+    when every gradient is.
+
     Args:
         optimizer: the optimizer whose `step` is wrapped (before accelerate wraps it).
         parameters: the trainable parameters whose gradients are checked.
         max_consecutive: stop training after this many skipped steps in a row (0: never stop).
-        any_process: reduces a local flag to "true on any process" (so every rank skips together).
+        any_process: turns a local 0/1 flag tensor into "true on any process" (so every rank skips together).
         describe_last_checkpoint: tells, when stopping, which checkpoint is the last good one.
     """
 
@@ -55,27 +59,31 @@ class NonFiniteGuard:
         self.max_consecutive = max_consecutive
         self.any_process = any_process
         self.describe_last_checkpoint = describe_last_checkpoint
-        self.loss_nonfinite = False
+        self.loss_nonfinite: torch.Tensor | None = None  # device flag, OR-ed over the step's micro-batches
         self.skipped_total = 0
         self.streak = 0
         self._step = optimizer.step
         optimizer.step = self.step
 
     def observe_loss(self, loss: torch.Tensor) -> None:
-        """Called once per micro-batch with its loss (before the optimizer step)."""
-        if not torch.isfinite(loss.detach()).all():
-            self.loss_nonfinite = True
+        """Called once per micro-batch with its loss (before the optimizer step); never synchronises."""
+        bad = ~torch.isfinite(loss.detach()).all()
+        self.loss_nonfinite = bad if self.loss_nonfinite is None else self.loss_nonfinite | bad
 
-    def _gradients_finite(self) -> bool:
+    def _nonfinite_flag(self) -> torch.Tensor | None:
         grads = [p.grad for p in self.parameters if p.grad is not None]
-        if not grads:
-            return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        flags = [] if self.loss_nonfinite is None else [self.loss_nonfinite]
+        if grads:
+            flags.append(~torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not flags:
+            return None
+        device = flags[-1].device
+        return torch.stack([f.to(device) for f in flags]).any().float()
 
     def step(self, *args, **kwargs):
-        bad = self.loss_nonfinite or not self._gradients_finite()
-        bad = self.any_process(bad)
-        self.loss_nonfinite = False
+        flag = self._nonfinite_flag()
+        self.loss_nonfinite = None
+        bad = flag is not None and self.any_process(flag)
         if not bad:
             self.streak = 0
             return self._step(*args, **kwargs)

@@ -91,6 +91,44 @@ def _tiny_clip_text_config(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTe
     )
 
 
+def _t5_config(tokenizer, d_model: int, *, d_kv: int, d_ff: int, layers: int, heads: int) -> T5Config:
+    return T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_kv,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_heads=heads,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def _flux1_pipeline(transformer, vae, text_encoder, clip_tokenizer, text_encoder_2, t5_tokenizer):
+    """A `FluxPipeline` from its parts, with FLUX.1-dev's scheduler config (static shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
 def tiny_flux_pipeline(
     seed: int = 0,
     *,
@@ -116,7 +154,7 @@ def tiny_flux_pipeline(
     The VAE downsamples by 8 (as FLUX's does), so resolutions must be multiples of 16; 4 latent
     channels keep it cheap. The scheduler config copies FLUX.1-dev's (static shift 3).
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     if attention_head_dim % 4:
         raise ValueError(f"attention_head_dim must be divisible by 4, got {attention_head_dim}")
@@ -157,37 +195,8 @@ def tiny_flux_pipeline(
     clip_tokenizer = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(_tiny_clip_text_config(clip_tokenizer, text_dim))
     t5_tokenizer = tiny_t5_tokenizer()
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=text_dim,
-            d_kv=8,
-            d_ff=2 * text_dim,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
-    )
+    text_encoder_2 = T5EncoderModel(_t5_config(t5_tokenizer, text_dim, d_kv=8, d_ff=2 * text_dim, layers=2, heads=4))
+    pipe = _flux1_pipeline(transformer, vae, text_encoder, clip_tokenizer, text_encoder_2, t5_tokenizer)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     for module in (vae, text_encoder, text_encoder_2, transformer):
@@ -267,7 +276,7 @@ def flux_dev_pipeline(
 
     Every parameter is created directly on `device` in `dtype`.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     clip_tokenizer = tiny_clip_tokenizer()
@@ -315,37 +324,8 @@ def flux_dev_pipeline(
                 pad_token_id=clip_tokenizer.pad_token_id,
             )
         )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(t5_tokenizer),
-                d_model=4096,
-                d_kv=64,
-                d_ff=64,
-                num_layers=1,
-                num_heads=2,
-                relative_attention_num_buckets=8,
-                decoder_start_token_id=0,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
-    )
+        text_encoder_2 = T5EncoderModel(_t5_config(t5_tokenizer, 4096, d_kv=64, d_ff=64, layers=1, heads=2))
+    pipe = _flux1_pipeline(transformer, vae, text_encoder, clip_tokenizer, text_encoder_2, t5_tokenizer)
     for module in (vae, text_encoder, text_encoder_2, transformer):
         _to_device_and_dtype(module, device, dtype).eval()
     return pipe

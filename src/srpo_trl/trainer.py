@@ -29,14 +29,14 @@ from .checkpointing import (
     publish_staged_folder,
 )
 from .config import SRPOConfig
-from .data import check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
+from .data import check_columns, check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .guards import InterruptionHandler, NonFiniteGuard, check_reward_output
 from .hub import build_model_card
 from .integrations import adapt_tracker_callbacks
 from .models import check_model_index, get_adapter
 from .quantization import quantize_frozen_base
 from .rewards import Reward, as_reward, load_reward, srp_score
-from .rewards.aesthetic import IMAGE_ONLY_NOTICE
+from .rewards.base import IMAGE_ONLY_NOTICE
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -164,14 +164,11 @@ class SRPOTrainer(Trainer):
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         self.height, self.width = args.image_size
-        if self.adapter.requires_reference_image:  # checked before any model work, like the prompts
-            check_dataset(
-                train_dataset, args.dataset_prompt_column, "train_dataset", args.dataset_reference_image_column
-            )
-            if not isinstance(eval_dataset, dict):
-                check_dataset(
-                    eval_dataset, args.dataset_prompt_column, "eval_dataset", args.dataset_reference_image_column
-                )
+        if self.adapter.requires_reference_image:  # the rows were checked above; the column is checked here
+            reference = [("dataset_reference_image_column", args.dataset_reference_image_column)]
+            for what, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+                if dataset is not None and not isinstance(dataset, dict):
+                    check_columns(dataset, reference, what)
         g = self.adapter.latent_granularity
         if self.height % g or self.width % g:
             raise ValueError(
@@ -461,13 +458,23 @@ class SRPOTrainer(Trainer):
         return loss
 
     def _record(self, key: str, values: torch.Tensor, mode: str = "train") -> None:
-        """Gather a metric over ranks and keep its mean (on the device: no host sync in the step) until `log`."""
-        gathered = self.accelerator.gather(values.detach().float().reshape(-1))
-        self._metrics[mode][key].append(gathered.mean())
+        """Keep this process's mean of a metric, on the device (no host sync, no collective in the step)."""
+        self._metrics[mode][key].append(values.detach().float().mean())
+
+    def _gathered_metrics(self, mode: str) -> dict[str, float]:
+        """Each recorded metric averaged over its steps and over all processes: one collective per log."""
+        keys = sorted(k for k, v in self._metrics[mode].items() if v)
+        if not keys:
+            return {}
+        local = torch.stack([torch.stack(self._metrics[mode][k]).mean() for k in keys])
+        # Every process records the same keys each step (and the same number of samples), so the mean of
+        # the processes' means is the mean over all samples.
+        means = self.accelerator.gather(local).reshape(-1, len(keys)).mean(0).tolist()
+        return dict(zip(keys, means))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        metrics = {k: torch.stack(v).mean().item() for k, v in self._metrics[mode].items() if v}
+        metrics = self._gathered_metrics(mode)
         if mode == "train" and self._nonfinite_guard is not None and self._nonfinite_guard.skipped_total:
             metrics["nonfinite_steps"] = self._nonfinite_guard.skipped_total
         if mode == "eval":
@@ -498,6 +505,7 @@ class SRPOTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
+        words = (self.args.positive_control_words, self.args.negative_control_words)
         for index, inputs in enumerate(dataloader):
             prompts = inputs["prompt"]
             images = self.generate(
@@ -506,7 +514,7 @@ class SRPOTrainer(Trainer):
             with torch.no_grad():
                 total = torch.zeros(len(prompts), device=images.device)
                 for reward, weight in zip(self.rewards, self.reward_weights):
-                    srp = self._eval_srp(reward, images, prompts)
+                    srp = srp_score(reward, images, prompts, *words)
                     sums[f"rewards/{reward.name}/srp"].append(srp)
                     sums[f"rewards/{reward.name}/plain"].append(reward.score(images, prompts).float())
                     total = total + weight * srp
@@ -520,10 +528,6 @@ class SRPOTrainer(Trainer):
             self.model.train()
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-    def _eval_srp(self, reward: Reward, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        args = self.args
-        return srp_score(reward, images, prompts, args.positive_control_words, args.negative_control_words)
 
     # ---------------------------------------------------------------- saving
 
@@ -659,8 +663,11 @@ class SRPOTrainer(Trainer):
             self._nonfinite_guard.observe_loss(loss)
         return loss
 
-    def _on_any_process(self, flag: bool) -> bool:
-        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+    def _on_any_process(self, flag: bool | torch.Tensor) -> bool:
+        """Whether `flag` (a bool, or a 0/1 tensor) is true on any process; one collective only when there are several."""
+        if self.accelerator.num_processes == 1:
+            return bool(flag)
+        value = torch.as_tensor(flag, dtype=torch.float32, device=self.accelerator.device).reshape(1)
         return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     def _describe_last_checkpoint(self) -> str:

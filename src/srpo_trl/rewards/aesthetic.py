@@ -17,11 +17,6 @@ from .base import Reward
 from .preprocess import clip_preprocess
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
-# Said by the trainer for every image-only reward it trains with.
-IMAGE_ONLY_NOTICE = (
-    "reward {name!r} is image-only: it ignores the prompt and SRP's control words, so it trains as plain "
-    "Direct-Align (reward = f(x)), without SRP's debiasing"
-)
 
 
 class AestheticMLP(nn.Module):

@@ -15,6 +15,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+# Said by the trainer for every image-only reward (`text_conditioned = False`) it trains with.
+IMAGE_ONLY_NOTICE = (
+    "reward {name!r} is image-only: it ignores the prompt and SRP's control words, so it trains as plain "
+    "Direct-Align (reward = f(x)), without SRP's debiasing"
+)
+
 
 def with_control_word(word: str, prompts: Sequence[str]) -> list[str]:
     """`"{word}. {prompt}"` for every prompt, the text SRP shows the reward model."""
