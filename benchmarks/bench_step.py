@@ -135,9 +135,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--quantize_base",
-        choices=["int8", "int4"],
+        choices=["int8", "nf4", "int4"],
         default=None,
-        help="LoRA only: the frozen transformer in int8/int4 (torchao), as SRPOConfig.quantize_base",
+        help="LoRA only: the frozen transformer in int8/nf4/int4 (torchao), as SRPOConfig.quantize_base",
+    )
+    p.add_argument(
+        "--vae_slicing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode one image at a time, as SRPOConfig.vae_slicing (on by default, as in the trainer)",
+    )
+    p.add_argument(
+        "--compile",
+        choices=["none", "regions", "model"],
+        default="none",
+        help="torch.compile the transformer: each repeated block (as torch_compile=True with the default "
+        "torch_compile_regions) or the whole model; compile time lands in the warm-up steps (warmup_s)",
     )
     p.add_argument(
         "--allow_cudnn_attention",
@@ -200,9 +213,17 @@ class Models:
     trainable: list[torch.nn.Parameter] = field(default_factory=list)
     build_seconds: float = 0.0
 
+    compiled: object = None  # the transformer under torch.compile, when --compile is set
+    compile_kind: str = "none"
+
     @property
     def transformer(self):
         return self.pipe.transformer
+
+    @property
+    def runner(self):
+        """What the step calls: the compiled transformer when there is one (it shares the parameters)."""
+        return self.compiled if self.compiled is not None else self.pipe.transformer
 
 
 def model_key(args) -> tuple:
@@ -302,6 +323,27 @@ def set_checkpointing(models: Models, args) -> None:
         vae.enable_gradient_checkpointing()
     else:
         vae.disable_gradient_checkpointing()
+
+
+def set_vae_slicing(models: Models, args) -> None:
+    if args.vae_slicing:
+        models.pipe.vae.enable_slicing()
+    else:
+        models.pipe.vae.disable_slicing()
+
+
+def set_compile(models: Models, args) -> None:
+    """Compile the transformer as the trainer does with `torch_compile=True` (kept across cases of one kind)."""
+    if args.compile == models.compile_kind:
+        return
+    models.compiled, models.compile_kind = None, args.compile
+    # Static shapes: the rollout (batch B, no gradient) and the training call (batch 2B) each get their own graph.
+    if args.compile == "regions":
+        from accelerate.utils import compile_regions
+
+        models.compiled = compile_regions(models.transformer, dynamic=False)
+    elif args.compile == "model":
+        models.compiled = torch.compile(models.transformer, dynamic=False)
 
 
 def make_optimizer(params, args, device: torch.device) -> torch.optim.Optimizer:
@@ -462,12 +504,26 @@ def branch_inputs(ctx: StepContext, x0, eps, generator):
     return levels, start, end, direct_align.add_noise(x0_rep, eps_rep, start), eps_rep, text_rep
 
 
+def rollout(ctx: StepContext, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rollout phase: noise `eps` and the clean latents `x0` from it, without gradient."""
+    from srpo_trl import direct_align
+
+    models, adapter, size = ctx.models, ctx.models.adapter, (ctx.args.resolution, ctx.args.resolution)
+    with torch.no_grad(), ctx.autocast():
+        eps = adapter.sample_noise(len(ctx.prompts), *size, generator, models.device)
+
+        def velocity(x, sigma):
+            return adapter.velocity(models.runner, x, sigma, ctx.text, 1.0, *size)
+
+        return eps, direct_align.euler_sample(velocity, eps, ctx.rollout_sigmas)
+
+
 def timed_step(ctx: StepContext, step_index: int) -> dict:
     """One SRPO step, phase by phase; returns the phase times, peaks and the step's total."""
     from srpo_trl import direct_align
 
     models, args, adapter = ctx.models, ctx.args, ctx.models.adapter
-    device, transformer, size = models.device, models.transformer, (args.resolution, args.resolution)
+    device, transformer, size = models.device, models.runner, (args.resolution, args.resolution)
     timer = PhaseTimer(device)
     generator = torch.Generator().manual_seed(args.seed * 100_003 + step_index)
     _sync(device)
@@ -476,13 +532,8 @@ def timed_step(ctx: StepContext, step_index: int) -> dict:
     allocated_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     step_start = time.perf_counter()
 
-    with timer("rollout"), torch.no_grad(), ctx.autocast():
-        eps = adapter.sample_noise(len(ctx.prompts), *size, generator, device)
-
-        def velocity(x, sigma):
-            return adapter.velocity(transformer, x, sigma, ctx.text, 1.0, *size)
-
-        x0 = direct_align.euler_sample(velocity, eps, ctx.rollout_sigmas)
+    with timer("rollout"):
+        eps, x0 = rollout(ctx, generator)
 
     with timer("transformer_forward"):
         with ctx.autocast():
@@ -626,6 +677,8 @@ def run_case(args, models: Models | None = None) -> dict:
         set_reward(models, args)
     device = models.device
     set_checkpointing(models, args)
+    set_vae_slicing(models, args)
+    set_compile(models, args)
     optimizer = make_optimizer(models.trainable, args, device)
     t = time.perf_counter()
     ctx = make_context(models, args, optimizer)
@@ -669,6 +722,7 @@ def run_case(args, models: Models | None = None) -> dict:
         "phases_sum_median_s": float(sum(p["median_s"] for p in phases.values())),
         "step_median_s": step_median,
         "step_all_s": [s["total"] for s in timed],
+        "warmup_s": [s["total"] for s in steps[: args.warmup]],  # compilation, with --compile
         "images_per_s": args.batch_size / step_median,
         "peak_memory_bytes": max(s["step_peak"] for s in timed) if device.type == "cuda" else None,
         "static_memory_bytes": static_bytes,
@@ -696,6 +750,10 @@ def run_case(args, models: Models | None = None) -> dict:
         "last_grad_norm": timed[-1]["grad_norm"],
         "last_rewards": [timed[-1]["reward_denoise"], timed[-1]["reward_inversion"]],
     }
+    if args.compile != "none":  # how many graphs dynamo built: one per block kind and shape, unless it recompiled
+        from torch._dynamo.utils import counters
+
+        record["dynamo_counters"] = {k: dict(counters[k]) for k in ("stats", "recompiles", "graph_break")}
     if args.full:
         record["full_finetune_memory_estimate"] = full_finetune_memory_estimate(record["params"]["transformer"])
     del ctx, optimizer, state_tensors, steps, timed
@@ -732,6 +790,7 @@ def summary(record: dict) -> str:
         f"{c['model']} {c['resolution']}px B={c['batch_size']} "
         f"{'full' if c['full'] else 'LoRA r=' + str(c['lora_rank'])}"
         f"{' base=' + c['quantize_base'] if c.get('quantize_base') else ''} {c['dtype']} rollout={c['rollout_steps']} "
+        f"compile={c.get('compile', 'none')} vae_slicing={c.get('vae_slicing')} "
         f"ckpt(T={c['transformer_checkpointing']}, VAE={c['vae_checkpointing']}) reward={c['reward_dtype']} "
         f"on {record['device']}",
         f"  {'phase':<22}{'median':>12}{'peak mem':>14}",

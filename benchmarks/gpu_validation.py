@@ -33,6 +33,17 @@ reward is a ViT-H-14 CLIP (HPSv2's architecture) in bf16; all weights random, no
 | 4 | memory savers at 720 px LoRA with a 2-step rollout (savers act on the training phases only): baseline, VAE checkpointing off, reward in fp32, transformer checkpointing off; the quantised base is not built | 15 s / 45 s |
 | 3 | full fine-tuning at 720 px (pure bf16 weights, grads and AdamW states), warmup 1, repeats 2; attempted only where the estimate fits the card; CUDA OOM is caught and recorded with the bytes estimate (bf16, fp32-master mixed precision, per card under FSDP over 8 cards); on an 80 GB H100 it is not attempted (88.7 GiB of states alone) | 20 s / 50 s |
 
+Cases run only when named in `--only` (issue 6's targets; `--only` runs them in the order given):
+
+| id | what | expected on an H200 / budgeted |
+| --- | --- | --- |
+| 11 | host-device synchronisations in a 3-step rollout, counted by `torch.cuda.set_sync_debug_mode("warn")` | 10 s / 15 s |
+| 6 | VAE slicing on (the default) and off, 720 px LoRA, 2-step rollout | 25 s / 40 s |
+| 7 | NF4 and int8 frozen base with VAE slicing, 720 px LoRA, 2-step rollout (builds two quantised transformers) | 65 s / 90 s |
+| 8 | LoRA at 720 px, B = 1, transformer blocks compiled (`--compile regions`), 2 warm-up steps (the first compiles) | 120 s / 200 s |
+| 9 | the same at B = 2 (two prompts per rollout: new shapes, so it compiles again) | 110 s / 150 s |
+| 10 | case 8 with transformer checkpointing off (same graphs, no recompilation expected) | 20 s / 40 s |
+
 Expected total on an H200: about 2.5 minutes with the wheels' install and the interpreter start (from the
 model FLOPs at about 50 % MFU: a rollout step is 37 TFLOP at 720 px, 74 TFLOP at 1024 px, so about 0.08 and
 0.15 s; 85 % of a LoRA step is the rollout). The skip guard budgets 4.5 minutes, so that one `run` with
@@ -65,7 +76,19 @@ import bench_step  # noqa: E402  (this folder is not a package)
 OUT = os.environ.get("OUT") or "./gpu_out"
 START = time.perf_counter()
 RESULTS: dict = {"script": "benchmarks/gpu_validation.py", "cases": []}
-CASE_ESTIMATES_S = {"5": 60, "1": 45, "2": 60, "4": 45, "3": 50}
+CASE_ESTIMATES_S = {
+    "5": 60,
+    "1": 45,
+    "2": 60,
+    "4": 45,
+    "3": 50,
+    "6": 40,
+    "7": 90,
+    "8": 200,
+    "9": 150,
+    "10": 40,
+    "11": 15,
+}
 
 
 def log(message: str) -> None:
@@ -243,7 +266,7 @@ def bench(args, cache: ModelCache | None) -> dict:
 def brief(record: dict) -> dict:
     """The numbers a reader wants first from a bench record."""
     keys = ["step_median_s", "images_per_s", "peak_memory_bytes", "mfu_step", "mfu_rollout", "optimizer_state_bytes"]
-    keys += ["achieved_tflops_step", "last_grad_norm", "last_rewards"]
+    keys += ["achieved_tflops_step", "last_grad_norm", "last_rewards", "warmup_s", "dynamo_counters"]
     out = {k: record.get(k) for k in keys}
     out["phases_median_s"] = {k: v["median_s"] for k, v in record["phases"].items()}
     out["phases_peak_memory_bytes"] = {k: v["peak_memory_bytes"] for k, v in record["phases"].items()}
@@ -255,18 +278,74 @@ def case_lora(cache: ModelCache, dry_run: bool, resolution: int) -> dict:
     return {"summary": brief(record), "record": record}
 
 
+SAVERS_COMMON = ["--lora_rank", "64", "--resolution", "720", "--rollout_steps", "2", "--repeats", "2"]
+
+
 def case_savers(cache: ModelCache, dry_run: bool) -> dict:
-    common = ["--lora_rank", "64", "--resolution", "720", "--rollout_steps", "2", "--repeats", "2"]
     variants = {
         "baseline (transformer + VAE checkpointing, reward bf16)": [],
         "VAE checkpointing off": ["--no-vae_checkpointing"],
         "reward in fp32": ["--reward_dtype", "float32"],
         "transformer checkpointing off": ["--no-transformer_checkpointing"],
     }
-    out = {
-        "note": "rollout cut to 2 steps: the savers act on the training phases only; quantised base not built",
-        "variants": {},
+    note = "rollout cut to 2 steps: the savers act on the training phases only; quantised base not built"
+    return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
+
+
+def case_vae_slicing(cache: ModelCache, dry_run: bool) -> dict:
+    variants = {"VAE slicing on (the default)": [], "VAE slicing off": ["--no-vae_slicing"]}
+    note = "720 px LoRA, 2-step rollout, transformer and VAE checkpointing on, reward bf16"
+    return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
+
+
+def case_quantised_base(cache: ModelCache, dry_run: bool) -> dict:
+    variants = {
+        "NF4 base, VAE slicing": ["--quantize_base", "nf4"],
+        "int8 base, VAE slicing": ["--quantize_base", "int8"],
     }
+    note = "720 px LoRA, 2-step rollout, all savers on; each variant builds its own quantised transformer"
+    return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
+
+
+def case_compiled(cache: ModelCache, dry_run: bool, batch_size: int, *extra: str) -> dict:
+    """LoRA at 720 px with the transformer's blocks compiled; the first warm-up step compiles."""
+    args = bench_args(
+        dry_run, "--lora_rank", "64", "--resolution", "720", "--compile", "regions", "--warmup", "2",
+        "--batch_size", str(batch_size), *extra,
+    )  # fmt: skip
+    record = bench(args, cache)
+    log(f"  warm-up steps (compilation): {[round(s, 1) for s in record['warmup_s']]} s")
+    return {"summary": brief(record), "warmup_s": record["warmup_s"], "record": record}
+
+
+def case_rollout_syncs(cache: ModelCache, dry_run: bool) -> dict:
+    """Host-device synchronisations inside the rollout loop, counted by CUDA's sync debug mode ("warn")."""
+    import warnings
+
+    args = bench_args(dry_run, "--lora_rank", "64", "--resolution", "720", "--rollout_steps", "3")
+    models = cache.get(args)
+    bench_step.set_compile(models, args)
+    ctx = bench_step.make_context(models, args)
+    generator = torch.Generator().manual_seed(0)
+    bench_step.rollout(ctx, generator)  # warm: one-off work (position ids, kernels' first launch) is not the loop's
+    bench_step._sync(models.device)
+    if dry_run:
+        bench_step.rollout(ctx, generator)
+        return {"status": "ok", "note": "CPU dry run: the rollout ran; sync debug mode exists only on CUDA"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            bench_step.rollout(ctx, generator)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    messages = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+    log(f"  synchronising calls in a 3-step rollout: {len(messages)}")
+    return {"rollout_steps": 3, "synchronising_calls": len(messages), "messages": messages[:10]}
+
+
+def run_variants(cache: ModelCache, dry_run: bool, common: list[str], variants: dict, note: str) -> dict:
+    out = {"note": note, "variants": {}}
     for name, extra in variants.items():
         log(f"  saver variant: {name}")
         try:
@@ -420,7 +499,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="One-shot GPU validation (see the module docstring).")
     parser.add_argument("--dry_run", action="store_true", help="everything on the CPU at toy sizes")
     parser.add_argument("--budget_s", type=float, default=450.0, help="skip cases that would end past this")
-    parser.add_argument("--only", nargs="*", default=None, help="case ids to run (env always runs): 1 2 3 4 5")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="case ids to run, in this order (env always runs): 1 to 11"
+    )
     opts = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     if not opts.dry_run and not torch.cuda.is_available():
@@ -453,10 +534,39 @@ def main(argv=None) -> dict:
         ),
         ("4", "memory savers, 720 px LoRA, 2-step rollout", lambda: case_savers(cache, opts.dry_run)),
         ("3", "flux-dev full fine-tuning, 720 px, pure bf16", lambda: case_full(cache, opts.dry_run)),
+        ("6", "VAE slicing on and off, 720 px LoRA, 2-step rollout", lambda: case_vae_slicing(cache, opts.dry_run)),
+        (
+            "7",
+            "NF4 and int8 frozen base, 720 px LoRA, 2-step rollout",
+            lambda: case_quantised_base(cache, opts.dry_run),
+        ),
+        (
+            "8",
+            "flux-dev LoRA r=64, 720 px, B=1, transformer blocks compiled",
+            lambda: case_compiled(cache, opts.dry_run, 1),
+        ),
+        (
+            "9",
+            "flux-dev LoRA r=64, 720 px, B=2 (batched rollout), transformer blocks compiled",
+            lambda: case_compiled(cache, opts.dry_run, 2),
+        ),
+        (
+            "10",
+            "flux-dev LoRA r=64, 720 px, B=1, compiled, transformer checkpointing off",
+            lambda: case_compiled(cache, opts.dry_run, 1, "--no-transformer_checkpointing"),
+        ),
+        (
+            "11",
+            "host-device syncs in a 3-step rollout (CUDA sync debug mode)",
+            lambda: case_rollout_syncs(cache, opts.dry_run),
+        ),
     ]
-    for case_id, title, fn in cases:
-        if opts.only is None or case_id in opts.only:
-            run_case(case_id, title, fn, opts.budget_s)
+    by_id = {case[0]: case for case in cases}
+    unknown = [c for c in opts.only or [] if c not in by_id]
+    if unknown:
+        raise SystemExit(f"--only: unknown case ids {unknown}; known: {list(by_id)}")
+    for case_id in opts.only if opts.only is not None else [c[0] for c in cases[:5]]:
+        run_case(case_id, by_id[case_id][1], by_id[case_id][2], opts.budget_s)
     cache.drop()
     statuses = {c["id"]: c.get("status") for c in RESULTS["cases"]}
     RESULTS["statuses"] = statuses

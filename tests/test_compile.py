@@ -1,5 +1,6 @@
 """`torch_compile=True` (TrainingArguments) compiles the transformer the rollout and both branches run through."""
 
+import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -8,9 +9,13 @@ from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.demo import demo_pipeline
 
 
-def test_torch_compile_wraps_the_transformer_and_trains(config):
+@pytest.mark.parametrize("regions", [True, False], ids=["regional", "whole-model"])
+def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, regions):
     # aot_eager: the compiled graph without a C++ toolchain, so the test exercises dynamo's capture of our calls.
-    args = config(max_steps=3, learning_rate=0.05, torch_compile=True, torch_compile_backend="aot_eager")
+    args = config(
+        max_steps=3, learning_rate=0.05, torch_compile=True, torch_compile_backend="aot_eager",
+        torch_compile_regions=regions, transformer_gradient_checkpointing=True, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
     trainer = SRPOTrainer(
         demo_pipeline(0),
         ColorWordReward(),
@@ -20,5 +25,17 @@ def test_torch_compile_wraps_the_transformer_and_trains(config):
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
-    assert type(trainer.model_wrapped).__name__ == "OptimizedModule"
-    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+    wrapped = trainer.model_wrapped
+    if regions:  # each block compiled on its own; the model around them stays a plain module
+        assert type(wrapped).__name__ == type(trainer.model).__name__
+        blocks = list(wrapped.transformer_blocks) + list(wrapped.single_transformer_blocks)
+        assert blocks and all(type(b).__name__ == "OptimizedModule" for b in blocks)
+    else:
+        assert type(wrapped).__name__ == "OptimizedModule"
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed
+    # The trained LoRA is saved from the uncompiled model, under diffusers' names, and loads in a stock pipeline.
+    trainer.save_model()
+    plain = demo_pipeline(0)
+    plain.load_lora_weights(args.output_dir)
+    assert any("lora" in n for n, _ in plain.transformer.named_parameters())

@@ -1,4 +1,4 @@
-"""LoRA on an int8 (torchao) frozen base: trains, the reward rises, and the LoRA loads onto the plain base."""
+"""LoRA on an int8 or NF4 (torchao) frozen base: trains, the reward rises, and the LoRA loads onto the plain base."""
 
 import pytest
 import torch
@@ -12,12 +12,13 @@ TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "th
 HELD_OUT = Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]})
 
 
-def test_lora_on_an_int8_base_raises_reward_and_loads_onto_the_plain_base(config, tmp_path):
-    from torchao.quantization import Int8Tensor
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_lora_on_a_quantised_base_raises_reward_and_loads_onto_the_plain_base(config, tmp_path, kind):
+    from torchao.quantization import Int8Tensor, NF4Tensor
 
     args = config(
         max_steps=30, learning_rate=0.1, max_grad_norm=1.0, per_device_train_batch_size=2, rollout_steps=4,
-        quantize_base="int8", output_dir=str(tmp_path / "lora"),
+        quantize_base=kind, output_dir=str(tmp_path / "lora"),
     )  # fmt: skip
     trainer = SRPOTrainer(
         demo_pipeline(0),
@@ -28,7 +29,7 @@ def test_lora_on_an_int8_base_raises_reward_and_loads_onto_the_plain_base(config
         peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
     )
     base = trainer.pipeline.transformer.transformer_blocks[0].attn.to_q.base_layer
-    assert isinstance(base.weight, Int8Tensor)
+    assert isinstance(base.weight, {"int8": Int8Tensor, "nf4": NF4Tensor}[kind])
     before = trainer.evaluate()["eval_reward"]
     trainer.train()
     after = trainer.evaluate()["eval_reward"]
@@ -46,13 +47,14 @@ def test_a_quantised_base_needs_a_lora(config):
         config(quantize_base="int2")
 
 
-def test_int8_base_halves_the_transformer_weights():
+@pytest.mark.parametrize(("kind", "at_most"), [("int8", 0.6), ("nf4", 0.3)])
+def test_a_quantised_base_shrinks_the_transformer_weights(kind, at_most):
     from srpo_trl.quantization import quantize_frozen_base
     from srpo_trl.testing import tiny_flux_pipeline
 
     transformer = tiny_flux_pipeline(0, attention_head_dim=64, num_attention_heads=4).transformer.to(torch.bfloat16)
 
-    def tensor_bytes(t):  # a torchao tensor is a wrapper around its int8 data and scales
+    def tensor_bytes(t):  # a torchao tensor is a wrapper around its quantised data and scales
         if hasattr(t, "__tensor_flatten__"):
             return sum(tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
         return t.numel() * t.element_size()
@@ -61,9 +63,13 @@ def test_int8_base_halves_the_transformer_weights():
         return sum(tensor_bytes(m.weight) for m in module.modules() if isinstance(m, torch.nn.Linear))
 
     before = linear_bytes(transformer)
-    quantize_frozen_base(transformer, "int8")
+    quantize_frozen_base(transformer, kind)
     after = linear_bytes(transformer)
-    assert after < 0.6 * before, (before, after)
+    assert after < at_most * before, (before, after)
+    # bf16 weights are 2 bytes each; int8 is 1 byte plus a scale per row, NF4 half a byte plus its block scales.
+    x = torch.randn(2, 7, 256, dtype=torch.bfloat16)
+    layer = transformer.transformer_blocks[0].attn.to_q
+    assert layer(x).shape == (2, 7, 256)
 
 
 def test_8bit_adamw_from_torchao(config):
@@ -80,3 +86,10 @@ def test_8bit_adamw_from_torchao(config):
     assert type(trainer.optimizer.optimizer).__name__ == "AdamW8bit"
     assert trainer._nonfinite_guard is not None and trainer._nonfinite_guard.optimizer is not None
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)
+
+
+def test_nf4_refuses_a_model_with_nothing_to_quantise():
+    from srpo_trl.quantization import quantize_frozen_base
+
+    with pytest.raises(ValueError, match=r"quantize_base='nf4': none of the 1 linear layers"):
+        quantize_frozen_base(torch.nn.Sequential(torch.nn.Linear(3, 5)), "nf4")

@@ -280,7 +280,19 @@ class SRPOTrainer(Trainer):
             transformer.enable_gradient_checkpointing()
         if args.vae_gradient_checkpointing:
             self.pipeline.vae.enable_gradient_checkpointing()
+        if args.vae_slicing:  # one image per decode: the VAE backward's peak scales with one image, not 2B
+            self.pipeline.vae.enable_slicing()
+        else:
+            self.pipeline.vae.disable_slicing()
         return transformer
+
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """The Trainer's accelerator arguments, with regional compilation of the transformer's blocks by default."""
+        accelerator_args = super()._build_accelerator_args(**kwargs)
+        dynamo_plugin = accelerator_args.get("dynamo_plugin")
+        if dynamo_plugin is not None and self.args.torch_compile:
+            dynamo_plugin.use_regional_compilation = self.args.torch_compile_regions
+        return accelerator_args
 
     def _move_frozen_parts(self, device: torch.device) -> None:
         for name, component in self.pipeline.components.items():
