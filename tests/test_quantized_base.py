@@ -93,3 +93,18 @@ def test_nf4_refuses_a_model_with_nothing_to_quantise():
 
     with pytest.raises(ValueError, match=r"quantize_base='nf4': none of the 1 linear layers"):
         quantize_frozen_base(torch.nn.Sequential(torch.nn.Linear(3, 5)), "nf4")
+
+
+def test_quantising_leaves_the_compiler_settings_alone():
+    """torchao's default would switch on inductor's coordinate-descent autotuning for the whole process."""
+    import torch._inductor.config as inductor_config
+
+    from srpo_trl.quantization import quantize_frozen_base
+
+    saved = inductor_config.coordinate_descent_tuning
+    inductor_config.coordinate_descent_tuning = False
+    try:
+        quantize_frozen_base(torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16), "int8")
+        assert inductor_config.coordinate_descent_tuning is False
+    finally:
+        inductor_config.coordinate_descent_tuning = saved

@@ -41,8 +41,11 @@ def quantize_frozen_base(module: nn.Module, kind: str) -> nn.Module:
         raise ImportError(f"SRPOConfig.quantize_base={kind!r} needs torchao: pip install 'srpo-trl[quant]'") from error
     if kind == "nf4":
         return _quantize_nf4(module, quantization.to_nf4)
+    # set_inductor_config=False: torchao would otherwise switch on process-wide inductor settings (coordinate
+    # descent autotuning of every kernel), which made a later torch.compile of FLUX.1-dev run for minutes.
+    config = getattr(quantization, QUANTIZATIONS[kind])(set_inductor_config=False)
     try:
-        quantization.quantize_(module, getattr(quantization, QUANTIZATIONS[kind])())
+        quantization.quantize_(module, config)
     except ImportError as error:  # e.g. torchao's int4 kernels live in a separate package (mslk)
         raise ImportError(f"SRPOConfig.quantize_base={kind!r}: torchao could not quantise ({error})") from error
     return module
