@@ -21,9 +21,11 @@ def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, region
         ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
+        eval_dataset=Dataset.from_dict({"prompt": ["a bird"]}),
         peft_config=LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian"),
     )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.evaluate()  # leaves the model in eval mode before training, as a run with an initial evaluation does
     trainer.train()
     wrapped = trainer.model_wrapped
     if regions:  # each block compiled on its own; the model around them stays a plain module
@@ -34,6 +36,11 @@ def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, region
         assert type(wrapped).__name__ == "OptimizedModule"
     changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert changed
+    # The training metrics are logged every step (they once went missing: the Trainer sets train mode on the
+    # regionally compiled copy, not on the module whose flag chose between train and eval metrics).
+    logged = [r for r in trainer.state.log_history if "reward/denoise" in r]
+    assert len(logged) == args.max_steps, trainer.state.log_history
+    assert trainer._metrics["train"] == {} or not any(trainer._metrics["train"].values())
     # The trained LoRA is saved from the uncompiled model, under diffusers' names, and loads in a stock pipeline.
     trainer.save_model()
     plain = demo_pipeline(0)

@@ -219,6 +219,7 @@ class SRPOTrainer(Trainer):
         self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
         self._staging_checkpoint = False
         self._rewards_checked = False  # the reward contract is checked on the first batch
+        self._evaluating = False  # which metrics `log` reports: evaluate()'s or the training steps'
         self._nonfinite_guard: NonFiniteGuard | None = None
         self._interruption = InterruptionHandler()
         self.add_callback(_StopOnSignal(self))
@@ -485,7 +486,9 @@ class SRPOTrainer(Trainer):
         return dict(zip(keys, means))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if self.model.training else "eval"
+        # An explicit flag, not `self.model.training`: under regional compilation the Trainer switches modes on
+        # a copy of the top-level module, so the original's flag would say "eval" for the whole run.
+        mode = "eval" if self._evaluating else "train"
         metrics = self._gathered_metrics(mode)
         if mode == "train" and self._nonfinite_guard is not None and self._nonfinite_guard.skipped_total:
             metrics["nonfinite_steps"] = self._nonfinite_guard.skipped_total
@@ -516,6 +519,7 @@ class SRPOTrainer(Trainer):
         dataloader = self.get_eval_dataloader(dataset)
         was_training = self.model.training
         self.model.eval()
+        self._evaluating = True
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         words = (self.args.positive_control_words, self.args.negative_control_words)
         for index, inputs in enumerate(dataloader):
@@ -536,6 +540,7 @@ class SRPOTrainer(Trainer):
             for k, v in sums.items()
         }
         self.log(dict(metrics))  # while still in eval mode, so that no pending train metrics are mixed in
+        self._evaluating = False
         if was_training:
             self.model.train()
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
