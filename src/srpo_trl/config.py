@@ -10,6 +10,7 @@ import torch
 from transformers import TrainingArguments
 
 from .control_words import RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control_word_preset
+from .quantization import QUANTIZATIONS
 
 REWARD_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -402,8 +403,8 @@ class SRPOConfig(TrainingArguments):
             fail("sample_steps", self.sample_steps, "must be >= 0 (0: only at the end of training)")
         if self.sample_prompts is not None and not all(isinstance(p, str) and p.strip() for p in self.sample_prompts):
             fail("sample_prompts", self.sample_prompts, "expected a list of non-empty strings")
-        if self.quantize_base is not None and self.quantize_base not in ("int8", "nf4", "int4"):
-            fail("quantize_base", self.quantize_base, "expected 'int8', 'nf4' or 'int4'")
+        if self.quantize_base is not None and self.quantize_base not in QUANTIZATIONS:
+            fail("quantize_base", self.quantize_base, f"expected one of {list(QUANTIZATIONS)}")
         if self.max_consecutive_nonfinite_steps < 0:
             fail(
                 "max_consecutive_nonfinite_steps", self.max_consecutive_nonfinite_steps, "must be >= 0 (0: never stop)"

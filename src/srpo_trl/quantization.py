@@ -5,11 +5,12 @@ LoRA matrices train in full precision on top (peft wraps the quantised linear la
 transformer is 23.8 GB in bf16; int8 weight-only storage halves that and NF4 brings it to about a quarter.
 The saved LoRA is the usual diffusers LoRA and loads onto the unquantised base.
 
-- `int8` (`Int8WeightOnlyConfig`): CPUs and GPUs (measured on an H200 at 720 px: peak 28.5 GiB instead of
-  38.0 GiB, step 1.4x slower).
+- `int8` (`Int8WeightOnlyConfig`): CPUs and GPUs. Measured on an H200, LoRA r=64 at 720 px with every other
+  saver on: peak 24.3 GiB instead of 33.8 GiB, step 1.4x slower.
 - `nf4`: QLoRA's 4-bit NormalFloat with double-quantised scales (torchao's `NF4Tensor`): blocks of 64 weights,
   about 0.52 bytes a weight. Pure PyTorch, so CPUs and GPUs; each linear call dequantises its weight to the
-  compute dtype, forward and backward (the input's gradient needs the weight too).
+  compute dtype, forward and backward (the input's gradient needs the weight too). Measured likewise: peak
+  17.3 GiB, step 1.8x slower; the setting for a 24 GB card.
 - `int4` (`Int4WeightOnlyConfig`): CUDA only, and torchao's separate `mslk>=1.0` kernel package (PyPI had only
   0.0.0 when this was written); it has not been run here. `nf4` is the 4-bit option that runs everywhere.
 
@@ -25,7 +26,8 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = {"int8": "Int8WeightOnlyConfig", "int4": "Int4WeightOnlyConfig", "nf4": None}
+QUANTIZATIONS = ("int8", "nf4", "int4")  # the values of SRPOConfig.quantize_base
+TORCHAO_CONFIGS = {"int8": "Int8WeightOnlyConfig", "int4": "Int4WeightOnlyConfig"}  # applied with quantize_
 
 NF4_BLOCK_SIZE = 64  # QLoRA's block of weights per absmax scale
 NF4_SCALER_BLOCK_SIZE = 256  # QLoRA's block of scales per second-level scale (double quantisation)
@@ -34,7 +36,7 @@ NF4_SCALER_BLOCK_SIZE = 256  # QLoRA's block of scales per second-level scale (d
 def quantize_frozen_base(module: nn.Module, kind: str) -> nn.Module:
     """Quantise every linear layer's weights of `module` in place (before LoRA layers are added)."""
     if kind not in QUANTIZATIONS:
-        raise ValueError(f"SRPOConfig.quantize_base={kind!r} is invalid: expected one of {sorted(QUANTIZATIONS)}")
+        raise ValueError(f"SRPOConfig.quantize_base={kind!r} is invalid: expected one of {list(QUANTIZATIONS)}")
     try:
         from torchao import quantization
     except ImportError as error:
@@ -43,7 +45,7 @@ def quantize_frozen_base(module: nn.Module, kind: str) -> nn.Module:
         return _quantize_nf4(module, quantization.to_nf4)
     # set_inductor_config=False: torchao would otherwise switch on process-wide inductor settings (coordinate
     # descent autotuning of every kernel), which made a later torch.compile of FLUX.1-dev run for minutes.
-    config = getattr(quantization, QUANTIZATIONS[kind])(set_inductor_config=False)
+    config = getattr(quantization, TORCHAO_CONFIGS[kind])(set_inductor_config=False)
     try:
         quantization.quantize_(module, config)
     except ImportError as error:  # e.g. torchao's int4 kernels live in a separate package (mslk)

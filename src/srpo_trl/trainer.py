@@ -520,6 +520,18 @@ class SRPOTrainer(Trainer):
         was_training = self.model.training
         self.model.eval()
         self._evaluating = True
+        try:
+            metrics = self._held_out_rewards(dataloader, metric_key_prefix)
+            self.log(dict(metrics))  # while still evaluating, so that no pending train metrics are mixed in
+        finally:
+            self._evaluating = False
+            if was_training:
+                self.model.train()
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _held_out_rewards(self, dataloader, prefix: str) -> dict[str, float]:
+        """Rewards of full rollouts on the dataloader's prompts, averaged over every process's samples."""
         sums: dict[str, list[torch.Tensor]] = defaultdict(list)
         words = (self.args.positive_control_words, self.args.negative_control_words)
         for index, inputs in enumerate(dataloader):
@@ -535,16 +547,9 @@ class SRPOTrainer(Trainer):
                     sums[f"rewards/{reward.name}/plain"].append(reward.score(images, prompts).float())
                     total = total + weight * srp
                 sums["reward"].append(total)
-        metrics = {
-            f"{metric_key_prefix}_{k}": self.accelerator.gather_for_metrics(torch.cat(v)).mean().item()
-            for k, v in sums.items()
+        return {
+            f"{prefix}_{k}": self.accelerator.gather_for_metrics(torch.cat(v)).mean().item() for k, v in sums.items()
         }
-        self.log(dict(metrics))  # while still in eval mode, so that no pending train metrics are mixed in
-        self._evaluating = False
-        if was_training:
-            self.model.train()
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
 
     # ---------------------------------------------------------------- saving
 
