@@ -153,6 +153,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "torch_compile_regions) or the whole model; compile time lands in the warm-up steps (warmup_s)",
     )
     p.add_argument(
+        "--compile_backend",
+        default="inductor",
+        help="torch.compile backend with --compile (the tests use aot_eager, which needs no C++ toolchain)",
+    )
+    p.add_argument(
         "--allow_cudnn_attention",
         action="store_true",
         help="let attention use cuDNN's fused kernel (excluded by default, as in the trainer: srpo_trl.attention)",
@@ -214,7 +219,7 @@ class Models:
     build_seconds: float = 0.0
 
     compiled: object = None  # the transformer under torch.compile, when --compile is set
-    compile_kind: str = "none"
+    compile_kind: tuple = ("none", "inductor")
 
     @property
     def transformer(self):
@@ -334,16 +339,17 @@ def set_vae_slicing(models: Models, args) -> None:
 
 def set_compile(models: Models, args) -> None:
     """Compile the transformer as the trainer does with `torch_compile=True` (kept across cases of one kind)."""
-    if args.compile == models.compile_kind:
+    kind = (args.compile, args.compile_backend)
+    if kind == models.compile_kind:
         return
-    models.compiled, models.compile_kind = None, args.compile
+    models.compiled, models.compile_kind = None, kind
     # Static shapes: the rollout (batch B, no gradient) and the training call (batch 2B) each get their own graph.
     if args.compile == "regions":
         from accelerate.utils import compile_regions
 
-        models.compiled = compile_regions(models.transformer, dynamic=False)
+        models.compiled = compile_regions(models.transformer, backend=args.compile_backend, dynamic=False)
     elif args.compile == "model":
-        models.compiled = torch.compile(models.transformer, dynamic=False)
+        models.compiled = torch.compile(models.transformer, backend=args.compile_backend, dynamic=False)
 
 
 def make_optimizer(params, args, device: torch.device) -> torch.optim.Optimizer:

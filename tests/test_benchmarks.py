@@ -64,6 +64,16 @@ def test_tiny_bench_record(bench_step, tmp_path):
     assert "rollout" in bench_step.summary(record)
 
 
+def test_compiled_blocks_and_vae_slicing_record(bench_step):
+    argv = ["--model", "tiny", "--rollout_steps", "2", "--compile", "regions", "--compile_backend", "aot_eager"]
+    (record,) = bench_step.main([*argv, "--no-vae_slicing", "--device", "cpu", "--warmup", "1", "--repeats", "1"])
+    _check_record(record, bench_step)
+    assert record["config"]["compile"] == "regions" and record["config"]["vae_slicing"] is False
+    assert len(record["warmup_s"]) == 1 and record["warmup_s"][0] > 0
+    assert record["dynamo_counters"]["stats"]["unique_graphs"] >= 2  # at least one graph per block kind
+    assert 0 < record["last_grad_norm"] < math.inf  # gradients flow through the compiled, checkpointed blocks
+
+
 def test_tiny_full_fine_tuning_record(bench_step):
     args = bench_step.parse_args(["--model", "tiny", "--full", "--rollout_steps", "2", *SMALL])
     record = bench_step.run_case(args)
