@@ -27,6 +27,10 @@ def test_dry_run_of_the_benchmark_and_rollout_sync_cases(tmp_path):
 def test_unknown_case_ids_are_refused(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry_run", "--only", "12"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(SCRIPT), "--dry_run", "--only", "12"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode != 0 and "unknown case ids ['12']" in done.stderr
