@@ -46,7 +46,7 @@ def test_resume_continues_exactly(tmp_path, config, lora):
     first.train()
     checkpoint = tmp_path / "split" / "checkpoint-2"
     assert {"optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_state.pth"} <= set(os.listdir(checkpoint))
-    assert not (tmp_path / "split" / ".srpo-staging" / "checkpoint-2").exists()
+    assert not (tmp_path / "split" / ".srpo-staging").exists()  # staged, published, and the staging folder gone
 
     resumed = _trainer(config, tmp_path / "split", lora)
     resumed.train(resume_from_checkpoint=str(checkpoint))

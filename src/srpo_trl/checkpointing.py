@@ -65,3 +65,7 @@ def publish_staged_folder(staged: str, final: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staged, final)
+    try:  # the staging folder goes once empty; another process's save may still be using it
+        os.rmdir(os.path.dirname(staged))
+    except OSError:
+        pass
