@@ -81,8 +81,11 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         save_strategy="no",
         report_to="none",
         seed=seed,
-        transformer_gradient_checkpointing=False,  # nothing to save at this size; faster without
+        # The memory savers off: nothing to save at this size, and faster without (sliced decoding: 35 s
+        # instead of 31 s here).
+        transformer_gradient_checkpointing=False,
         vae_gradient_checkpointing=False,
+        vae_slicing=False,
         disable_tqdm=False,
     )
     trainer = SRPOTrainer(
