@@ -400,33 +400,25 @@ def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.flo
     gpu_bf16_diag.py): the demo's tiny pipeline, the colour reward, +blue / -red, lr 0.1, batch 2."""
     from peft import LoraConfig
 
-    from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
+    from srpo_trl import ColorWordReward, SRPOTrainer
     from srpo_trl.demo import demo_pipeline
+    from srpo_trl.testing import tiny_srpo_config
 
     train = bench_step._dataset([{"prompt": p} for p in ["a cat", "a dog on a hill", "a house", "the sea"]])
     held_out = bench_step._dataset([{"prompt": p} for p in ["a bird", "a tree", "a car"]])
     kwargs = dict(
-        output_dir=tempfile.mkdtemp(prefix="srpo_bf16_"),  # nothing is saved
         max_steps=steps,
         learning_rate=1e-1,
         max_grad_norm=1.0,
         per_device_train_batch_size=2,
         rollout_steps=6,
-        resolution=64,
-        max_sequence_length=32,
-        positive_control_words=["blue"],
-        negative_control_words=["red"],
-        report_to="none",
-        save_strategy="no",
         logging_steps=10,
-        disable_tqdm=True,
-        transformer_gradient_checkpointing=False,
-        vae_gradient_checkpointing=False,
         seed=seed,
         bf16=True,
         use_cpu=cpu or not torch.cuda.is_available(),
     )
     kwargs.update(overrides)
+    output_dir = kwargs.pop("output_dir", None) or tempfile.mkdtemp(prefix="srpo_bf16_")  # nothing is saved
     torch.manual_seed(seed)
     pipe = demo_pipeline(0)
     if pipeline_dtype != torch.float32:
@@ -434,7 +426,7 @@ def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.flo
     return SRPOTrainer(
         model=pipe,
         reward_funcs=ColorWordReward(),
-        args=SRPOConfig(**kwargs),
+        args=tiny_srpo_config(output_dir, **kwargs),
         train_dataset=train,
         eval_dataset=held_out,
         peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),

@@ -15,26 +15,10 @@ def tiny_pipe():
 
 def small_config(tmp_path, **overrides):
     """An SRPOConfig sized for 64-px tiny pipelines on the CPU."""
-    from srpo_trl import SRPOConfig
+    from srpo_trl.testing import tiny_srpo_config
 
-    kwargs = dict(
-        output_dir=str(tmp_path / "out"),
-        max_steps=4,
-        resolution=64,
-        rollout_steps=4,
-        max_sequence_length=32,
-        positive_control_words=["blue"],
-        negative_control_words=["red"],
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        transformer_gradient_checkpointing=False,
-        vae_gradient_checkpointing=False,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return SRPOConfig(**kwargs)
+    output_dir = overrides.pop("output_dir", str(tmp_path / "out"))
+    return tiny_srpo_config(output_dir, **overrides)
 
 
 @pytest.fixture

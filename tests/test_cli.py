@@ -3,6 +3,7 @@ are exercised in test_demo_and_card.py and test_reward_models.py."""
 
 import pytest
 import yaml
+from tiny_recipe import write_tiny_recipe
 
 from srpo_trl.cli import accelerate_config_path, main
 from srpo_trl.testing import tiny_flux_pipeline
@@ -10,27 +11,9 @@ from srpo_trl.testing import tiny_flux_pipeline
 
 @pytest.fixture
 def recipe(tmp_path):
-    tiny_flux_pipeline(0).save_pretrained(tmp_path / "pipe")
-    (tmp_path / "prompts.txt").write_text("a cat\na dog\na house\nthe sea\n")
-    values = {
-        "model_name_or_path": str(tmp_path / "pipe"),
-        "dataset_name": str(tmp_path / "prompts.txt"),
-        "reward_funcs": ["color"],
-        "positive_control_words": ["blue"],
-        "negative_control_words": ["red"],
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 2,
-        "resolution": 64,
-        "rollout_steps": 2,
-        "max_sequence_length": 16,
-        "report_to": "none",
-        "use_peft": True,
-        "lora_r": 4,
-        "lora_alpha": 4,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+    return write_tiny_recipe(
+        tmp_path, reward_funcs=["color"], positive_control_words=["blue"], negative_control_words=["red"]
+    )
 
 
 def test_train_reads_a_yaml_recipe_and_flags_override_it(recipe, tmp_path):

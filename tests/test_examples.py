@@ -5,9 +5,7 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
-from srpo_trl.testing import tiny_flux_pipeline
+from tiny_recipe import write_tiny_recipe
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
@@ -41,29 +39,13 @@ def test_accelerate_configs_load(name, distributed_type):
 
 
 def test_example_script_runs_under_accelerate_launch_with_a_yaml_recipe(tmp_path):
-    pipe_dir = tmp_path / "pipe"
-    tiny_flux_pipeline(0).save_pretrained(pipe_dir)
-    (tmp_path / "prompts.txt").write_text("a cat\na dog\na house\nthe sea\n")
-    recipe = {
-        "model_name_or_path": str(pipe_dir),
-        "dataset_name": str(tmp_path / "prompts.txt"),
-        "reward_funcs": ["clip-vit-l-14:" + str(_clip_copy(tmp_path))],
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 2,
-        "resolution": 64,
-        "rollout_steps": 2,
-        "max_sequence_length": 16,
-        "report_to": "none",
-        "use_peft": True,
-        "lora_r": 4,
-        "lora_alpha": 4,
-        "per_process_noise": True,
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    recipe = write_tiny_recipe(
+        tmp_path, reward_funcs=["clip-vit-l-14:" + str(_clip_copy(tmp_path))], per_process_noise=True
+    )
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
-        os.path.join(ROOT, "examples", "train_srpo.py"), "--config", str(tmp_path / "recipe.yaml"),
+        os.path.join(ROOT, "examples", "train_srpo.py"), "--config", str(recipe),
     ]  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)

@@ -42,8 +42,9 @@ class NonFiniteGuard:
     """Skip optimizer steps with a non-finite loss or gradient; stop after `max_consecutive` in a row.
 
     The check costs one host synchronisation per optimizer step: losses are folded into a device-side flag as
-    they come, and the gradients are checked through their total norm (one fused pass), which is finite exactly
-    when every gradient is.
+    they come, and the gradients are checked through their total norm, which is finite exactly when every
+    gradient is. The Trainer computes that norm anyway (for clipping and logging) and hands it over through
+    [`observe_grad_norm`]; only a step without one computes it here.
 
     Args:
         optimizer: the optimizer whose `step` is wrapped (before accelerate wraps it).
@@ -60,6 +61,7 @@ class NonFiniteGuard:
         self.any_process = any_process
         self.describe_last_checkpoint = describe_last_checkpoint
         self.loss_nonfinite: torch.Tensor | None = None  # device flag, OR-ed over the step's micro-batches
+        self.grad_norm: torch.Tensor | float | None = None  # the step's total gradient norm, when already known
         self.skipped_total = 0
         self.streak = 0
         self._step = optimizer.step
@@ -70,11 +72,18 @@ class NonFiniteGuard:
         bad = ~torch.isfinite(loss.detach()).all()
         self.loss_nonfinite = bad if self.loss_nonfinite is None else self.loss_nonfinite | bad
 
+    def observe_grad_norm(self, grad_norm: torch.Tensor | float) -> None:
+        """Called with the step's total gradient norm (before the optimizer step), so it is not computed twice."""
+        self.grad_norm = grad_norm
+
     def _nonfinite_flag(self) -> torch.Tensor | None:
-        grads = [p.grad for p in self.parameters if p.grad is not None]
         flags = [] if self.loss_nonfinite is None else [self.loss_nonfinite]
-        if grads:
-            flags.append(~torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if self.grad_norm is not None:
+            flags.append(~torch.isfinite(torch.as_tensor(self.grad_norm)))
+        else:
+            grads = [p.grad for p in self.parameters if p.grad is not None]
+            if grads:
+                flags.append(~torch.isfinite(torch.nn.utils.get_total_norm(grads)))
         if not flags:
             return None
         device = flags[-1].device
@@ -82,7 +91,7 @@ class NonFiniteGuard:
 
     def step(self, *args, **kwargs):
         flag = self._nonfinite_flag()
-        self.loss_nonfinite = None
+        self.loss_nonfinite = self.grad_norm = None
         bad = flag is not None and self.any_process(flag)
         if not bad:
             self.streak = 0

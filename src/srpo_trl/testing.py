@@ -7,6 +7,7 @@ that runs on them runs unchanged on FLUX.1-dev.
 - [`tiny_flux_pipeline`]: a [`~diffusers.FluxPipeline`] with a FLUX.1-dev-like transformer (guidance
   embedding on), VAE, CLIP and T5 text encoders with their tokenizers, and a flow-matching scheduler.
 - [`tiny_clip_reward`]: a [`~srpo_trl.rewards.CLIPReward`] over a tiny random `CLIPModel`.
+- [`tiny_srpo_config`]: an [`~srpo_trl.SRPOConfig`] sized for those 64-px pipelines on a CPU.
 - [`flux_dev_pipeline`], [`vit_h_clip_reward`]: FLUX.1-dev's transformer and VAE, and a ViT-H-14 CLIP reward
   (HPSv2's architecture), full size with random weights, built directly on a device: for benchmarks.
 """
@@ -234,6 +235,32 @@ def tiny_clip_reward(seed: int = 0, **kwargs):
 
 # --------------------------------------------------------------------------------------------------
 # Full-size architectures with random weights (benchmarks): nothing is downloaded either.
+
+
+def tiny_srpo_config(output_dir: str, **overrides):
+    """An `SRPOConfig` for the tiny pipelines on a CPU: 64 px, 4 rollout steps, 32 text tokens, the control words
+    +"blue" / -"red" (which `ColorWordReward` understands), no checkpointing, logging every step, nothing saved
+    unless `overrides` say so."""
+    from .config import SRPOConfig
+
+    kwargs = dict(
+        output_dir=output_dir,
+        max_steps=4,
+        resolution=64,
+        rollout_steps=4,
+        max_sequence_length=32,
+        positive_control_words=["blue"],
+        negative_control_words=["red"],
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        transformer_gradient_checkpointing=False,
+        vae_gradient_checkpointing=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return SRPOConfig(**kwargs)
 
 
 @contextmanager

@@ -92,11 +92,14 @@ class TextEmbeddingCache:
     def _read(self, prompt: str) -> dict[str, torch.Tensor] | None:
         if prompt in self.memory:
             return self.memory[prompt]
-        if self.folder is None or not os.path.isfile(self._path(prompt)):
+        if self.folder is None:
+            return None
+        path = self._path(prompt)
+        if not os.path.isfile(path):
             return None
         from safetensors import safe_open
 
-        with safe_open(self._path(prompt), framework="pt") as f:
+        with safe_open(path, framework="pt") as f:
             if (f.metadata() or {}).get("prompt") != prompt:  # a hash collision: treat as missing
                 return None
             return {k: f.get_tensor(k) for k in f.keys()}

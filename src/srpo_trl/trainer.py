@@ -685,6 +685,13 @@ class SRPOTrainer(Trainer):
             self._nonfinite_guard.observe_loss(loss)
         return loss
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The Trainer's gradient norm of the step, passed on to the non-finite guard (which would compute it again)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self._nonfinite_guard is not None and grad_norm is not None:
+            self._nonfinite_guard.observe_grad_norm(grad_norm)
+        return grad_norm
+
     def _on_any_process(self, flag: bool | torch.Tensor) -> bool:
         """Whether `flag` (a bool, or a 0/1 tensor) is true on any process; one collective only when there are several."""
         if self.accelerator.num_processes == 1:

@@ -13,32 +13,23 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 
-from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
+from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_srpo_config
 
 
 def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     shared = "--shared_noise" in sys.argv
-    args = SRPOConfig(
-        output_dir=out,
+    args = tiny_srpo_config(
+        out,
         max_steps=3,
         learning_rate=0.05,
         max_grad_norm=1.0,
         per_device_train_batch_size=batch,
-        resolution=64,
         rollout_steps=3,
         max_sequence_length=16,
-        positive_control_words=["blue"],
-        negative_control_words=["red"],
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        seed=0,
         per_process_noise=not shared,
-        transformer_gradient_checkpointing=False,
-        vae_gradient_checkpointing=False,
     )
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     trainer = SRPOTrainer(

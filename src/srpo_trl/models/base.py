@@ -74,3 +74,54 @@ class ModelAdapter(Protocol):
 
     def save_lora_weights(self, output_dir: str, lora_state_dict: dict[str, torch.Tensor]) -> None:
         """Write LoRA weights that the family's stock diffusers pipeline loads with `load_lora_weights`."""
+
+
+#: The attention projections of the FLUX families' double-stream (joint text-image) blocks, image and text side.
+JOINT_ATTENTION_LORA_TARGETS = [
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+]
+
+
+class AdapterBase:
+    """What the FLUX-family adapters share: sizes read once from the pipeline, the guidance input, the
+    no-op reference hook of text-to-image families, LoRA saving and the VAE's images mapped to [0, 1]."""
+
+    requires_reference_image: ClassVar[bool] = False
+
+    def __init__(self, pipeline, max_sequence_length: int = 512):
+        self.pipeline = pipeline
+        self.max_sequence_length = max_sequence_length
+        self.vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+        self.latent_channels = pipeline.vae.config.latent_channels
+        # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config.
+        self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
+        self._positions: dict[tuple, torch.Tensor] = {}  # built once per size, not once per rollout step
+
+    @property
+    def latent_granularity(self) -> int:
+        return self.vae_scale_factor * 2
+
+    def guidance(self, batch: int, guidance_scale: float, device: torch.device) -> torch.Tensor | None:
+        """The guidance input of guidance-distilled transformers (`[batch]`), `None` for the others."""
+        if not self.guidance_embeds:
+            return None
+        return torch.full((batch,), guidance_scale, device=device, dtype=torch.float32)
+
+    def add_reference(self, conditioning, reference_images, height, width):
+        """Conditioning with the reference images added; text-to-image families have none."""
+        return conditioning
+
+    def save_lora_weights(self, output_dir, lora_state_dict) -> None:
+        type(self.pipeline).save_lora_weights(output_dir, transformer_lora_layers=lora_state_dict)
+
+    @staticmethod
+    def to_unit_images(images: torch.Tensor) -> torch.Tensor:
+        """The VAE's images in [-1, 1] as float32 in [0, 1]."""
+        return (images.float() / 2 + 0.5).clamp(0, 1)

@@ -6,6 +6,8 @@ from typing import ClassVar
 
 import torch
 
+from .base import JOINT_ATTENTION_LORA_TARGETS, AdapterBase
+
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """`[B, C, H, W]` VAE latents -> `[B, (H/2)(W/2), 4C]` tokens of 2x2 patches (FLUX's layout)."""
@@ -32,7 +34,7 @@ def latent_positions(latent_height: int, latent_width: int, device: torch.device
     return ids.reshape(-1, 3)
 
 
-class FluxAdapter:
+class FluxAdapter(AdapterBase):
     """Adapter for `FluxPipeline`: CLIP + T5 prompt encoding, 16-channel VAE latents packed in 2x2
     patches, guidance as a transformer input when the model is guidance-distilled (dev, Krea), and
     the scheduler config's static shift (3 for dev, 1 for schnell).
@@ -41,14 +43,7 @@ class FluxAdapter:
     family: ClassVar[str] = "flux"
     trainable_component: ClassVar[str] = "transformer"
     default_lora_target_modules: ClassVar[list[str]] = [
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
+        *JOINT_ATTENTION_LORA_TARGETS,
         "ff.net.0.proj",
         "ff.net.2",
         "ff_context.net.0.proj",
@@ -57,23 +52,8 @@ class FluxAdapter:
         "proj_out",
     ]
 
-    #: Whether each prompt needs a reference image (image editing families such as Kontext).
-    requires_reference_image: ClassVar[bool] = False
     #: Pipeline components that make the text conditioning (cached, then moved off the accelerator).
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-
-    def __init__(self, pipeline, max_sequence_length: int = 512):
-        self.pipeline = pipeline
-        self.max_sequence_length = max_sequence_length
-        self.vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        self.latent_channels = pipeline.vae.config.latent_channels
-        # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config.
-        self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
-        self._positions: dict[tuple, torch.Tensor] = {}  # built once per size, not once per rollout step
-
-    @property
-    def latent_granularity(self) -> int:
-        return self.vae_scale_factor * 2
 
     def default_time_shift(self, height: int, width: int) -> float:
         # The scheduler's static `shift` (the recipe's k = 3 on FLUX.1-dev); its dynamic,
@@ -100,19 +80,19 @@ class FluxAdapter:
 
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
         lh, lw = self._latent_size(height, width)
-        batch = latents.shape[0]
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full((batch,), guidance_scale, device=latents.device, dtype=torch.float32)
-        dtype = self.pipeline.transformer.dtype
+        image_ids = self._image_ids(lh, lw, latents.device)
+        return self._call_transformer(transformer, latents, image_ids, sigma, text, guidance_scale)
+
+    def _call_transformer(self, transformer, hidden_states, image_ids, sigma, text, guidance_scale) -> torch.Tensor:
+        """The FLUX.1 transformer's output for image tokens `hidden_states` with positional ids `image_ids`."""
         return transformer(
-            hidden_states=latents.to(dtype),
-            timestep=sigma.to(latents.device),  # FLUX takes the level in [0, 1] (the pipeline's t / 1000)
-            guidance=guidance,
+            hidden_states=hidden_states.to(self.pipeline.transformer.dtype),
+            timestep=sigma.to(hidden_states.device),  # FLUX takes the level in [0, 1] (the pipeline's t / 1000)
+            guidance=self.guidance(hidden_states.shape[0], guidance_scale, hidden_states.device),
             pooled_projections=text["pooled_prompt_embeds"],
             encoder_hidden_states=text["prompt_embeds"],
             txt_ids=text["text_ids"][0],
-            img_ids=self._image_ids(lh, lw, latents.device),
+            img_ids=image_ids,
             return_dict=False,
         )[0]
 
@@ -127,12 +107,7 @@ class FluxAdapter:
         lh, lw = self._latent_size(height, width)
         z = unpack_latents(latents, lh, lw)
         z = z / vae.config.scaling_factor + vae.config.shift_factor
-        images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
-
-    def add_reference(self, conditioning, reference_images, height, width):
-        """Conditioning with the reference images added; text-to-image families have none."""
-        return conditioning
+        return self.to_unit_images(vae.decode(z.to(vae.dtype), return_dict=False)[0])
 
     @torch.no_grad()
     def encode_images(self, images, height, width) -> torch.Tensor:
@@ -141,6 +116,3 @@ class FluxAdapter:
         z = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
         z = (z.float() - vae.config.shift_factor) * vae.config.scaling_factor
         return pack_latents(z)
-
-    def save_lora_weights(self, output_dir, lora_state_dict) -> None:
-        type(self.pipeline).save_lora_weights(output_dir, transformer_lora_layers=lora_state_dict)

@@ -21,6 +21,8 @@ from typing import ClassVar
 
 import torch
 
+from .base import JOINT_ATTENTION_LORA_TARGETS, AdapterBase
+
 SHIFT_REFERENCE_STEPS = 50  # compute_empirical_mu depends on the step count; FLUX.2's default is 50
 
 
@@ -45,7 +47,7 @@ def flux2_empirical_mu(image_seq_len: int, num_steps: int) -> float:
     return float(compute_empirical_mu(image_seq_len=image_seq_len, num_steps=num_steps))
 
 
-class Flux2Adapter:
+class Flux2Adapter(AdapterBase):
     """Adapter for `Flux2Pipeline` and `Flux2KleinPipeline`."""
 
     family: ClassVar[str] = "flux2"
@@ -53,14 +55,7 @@ class Flux2Adapter:
     # The single-stream blocks' output projection is named like the double-stream blocks' `to_out`
     # list, so it cannot be a suffix target; their fused `to_qkv_mlp_proj` carries the LoRA there.
     default_lora_target_modules: ClassVar[list[str]] = [
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
+        *JOINT_ATTENTION_LORA_TARGETS,
         "ff.linear_in",
         "ff.linear_out",
         "ff_context.linear_in",
@@ -68,21 +63,7 @@ class Flux2Adapter:
         "attn.to_qkv_mlp_proj",
         "proj_out",
     ]
-    requires_reference_image: ClassVar[bool] = False
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
-
-    def __init__(self, pipeline, max_sequence_length: int = 512):
-        self.pipeline = pipeline
-        self.max_sequence_length = max_sequence_length
-        vae = pipeline.vae
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = vae.config.latent_channels
-        self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
-        self._positions: dict[tuple, torch.Tensor] = {}
-
-    @property
-    def latent_granularity(self) -> int:
-        return self.vae_scale_factor * 2
 
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid: the patchified latent's height and width."""
@@ -126,16 +107,13 @@ class Flux2Adapter:
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
         rows, cols = self._grid(height, width)
         batch = latents.shape[0]
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full((batch,), guidance_scale, device=latents.device, dtype=torch.float32)
         return transformer(
             hidden_states=latents.to(self.pipeline.transformer.dtype),
             encoder_hidden_states=text["prompt_embeds"],
             timestep=sigma.to(latents.device),  # FLUX.2 takes the level in [0, 1] (the pipeline's t / 1000)
             img_ids=self._image_ids(rows, cols, batch, latents.device),
             txt_ids=text["text_ids"],
-            guidance=guidance,
+            guidance=self.guidance(batch, guidance_scale, latents.device),
             return_dict=False,
         )[0]
 
@@ -152,11 +130,7 @@ class Flux2Adapter:
         z = self._unpack(latents.float(), height, width)
         mean, std = self._batch_norm_stats(z)
         z = unpatchify(z * std + mean)
-        images = vae.decode(z.to(vae.dtype), return_dict=False)[0]
-        return (images.float() / 2 + 0.5).clamp(0, 1)
-
-    def add_reference(self, conditioning, reference_images, height, width):
-        return conditioning
+        return self.to_unit_images(vae.decode(z.to(vae.dtype), return_dict=False)[0])
 
     @torch.no_grad()
     def encode_images(self, images, height, width) -> torch.Tensor:
@@ -164,6 +138,3 @@ class Flux2Adapter:
         z = patchify(vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode().float())
         mean, std = self._batch_norm_stats(z)
         return self._pack((z - mean) / std)
-
-    def save_lora_weights(self, output_dir, lora_state_dict) -> None:
-        type(self.pipeline).save_lora_weights(output_dir, transformer_lora_layers=lora_state_dict)

@@ -40,19 +40,7 @@ class FluxKontextAdapter(FluxAdapter):
         if reference is None:
             raise ValueError("FluxKontextAdapter.velocity: the conditioning has no reference image latents")
         lh, lw = self._latent_size(height, width)
-        tokens = latents.shape[1]
-        guidance = None
-        if self.guidance_embeds:
-            guidance = torch.full((latents.shape[0],), guidance_scale, device=latents.device, dtype=torch.float32)
-        dtype = self.pipeline.transformer.dtype
-        out = transformer(
-            hidden_states=torch.cat([latents, reference.to(latents.dtype)], dim=1).to(dtype),
-            timestep=sigma.to(latents.device),
-            guidance=guidance,
-            pooled_projections=text["pooled_prompt_embeds"],
-            encoder_hidden_states=text["prompt_embeds"],
-            txt_ids=text["text_ids"][0],
-            img_ids=torch.cat([self._image_ids(lh, lw, latents.device), text["reference_ids"][0]], dim=0),
-            return_dict=False,
-        )[0]
-        return out[:, :tokens]  # the reference tokens' outputs are not part of the image
+        hidden_states = torch.cat([latents, reference.to(latents.dtype)], dim=1)
+        image_ids = torch.cat([self._image_ids(lh, lw, latents.device), text["reference_ids"][0]], dim=0)
+        out = self._call_transformer(transformer, hidden_states, image_ids, sigma, text, guidance_scale)
+        return out[:, : latents.shape[1]]  # the reference tokens' outputs are not part of the image
