@@ -62,6 +62,9 @@ CONFIG_CASES = [
     ),
     ("preset", dict(control_words="painterly"), r"control_words='painterly' is not a preset; valid presets"),
     ("reward_dtype", dict(reward_dtype="int4"), r"reward_dtype='int4' is invalid: expected one of"),
+    ("hinge_type", dict(hinge_threshold=["high"]), r"hinge_threshold=\['high'\] is invalid: expected a number"),
+    ("hinge_nan", dict(hinge_threshold=float("nan")), r"hinge_threshold=nan is invalid"),
+    ("trainable_dtype", dict(trainable_dtype="float16"), r"trainable_dtype='float16' is invalid: expected one of"),
     ("nonfinite", dict(max_consecutive_nonfinite_steps=-1), r"max_consecutive_nonfinite_steps=-1 is invalid"),
 ]
 
@@ -106,6 +109,11 @@ def _trainer_cases(tmp_path):
             "missing_reward_path",
             dict(reward_funcs=f"hpsv2.1:{tmp_path / 'no.pt'}"),
             r"reward 'hpsv2.1': local path .*no.pt' does not exist",
+        ),
+        (
+            "hinge_thresholds",
+            dict(args_overrides=dict(hinge_threshold=[0.7, 10.0, 1.0]), reward_funcs=[ColorWordReward()] * 2),
+            r"SRPOConfig.hinge_threshold has 3 values but there are 2 reward functions",
         ),
         (
             "reward_weights",
@@ -195,6 +203,10 @@ def _shape_wrong(images, prompts):
     return images.mean(dim=(1, 2, 3)).unsqueeze(-1)  # [B, 1]
 
 
+def _one_scalar(images, prompts):
+    return images.mean()  # one score for the whole batch: SRP's (1 + k) with k of shape [B] would hide it
+
+
 def _nan_reward(images, prompts):
     return images.mean(dim=(1, 2, 3)) * float("nan")
 
@@ -208,12 +220,13 @@ def _no_gradient(images, prompts):
     [
         (
             _shape_wrong,
-            r"reward '_shape_wrong' returned shape \(2, 2\); it must return one score per image, shape \[2\]",
+            r"reward '_shape_wrong' returned shape \(2, 1\); it must return one score per image, shape \[2\]",
         ),
+        (_one_scalar, r"reward '_one_scalar' returned shape \(\); it must return one score per image, shape \[2\]"),
         (_nan_reward, r"reward '_nan_reward' returned NaN or inf on the first batch"),
         (_no_gradient, r"reward '_no_gradient' has no gradient path to the images"),
     ],
-    ids=["shape", "nan", "no_gradient"],
+    ids=["shape", "scalar", "nan", "no_gradient"],
 )
 def test_reward_contract_is_checked_on_the_first_batch(config, fn, message):
     trainer = SRPOTrainer(
@@ -247,9 +260,10 @@ class _NaNAfter:
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_training_with_the_checkpoint_intact(config, tmp_path):
-    # The generic SRP calls the reward 4 times a step (2 texts x 2 branches): from call 5 on it is NaN,
-    # so step 1 is good and steps 2, 3, 4 are not; the third bad step in a row stops training.
-    reward = _NaNAfter(start=5)
+    # The generic SRP calls the reward 4 times a step (2 texts x 2 branches), and the first batch's contract
+    # check twice more (the 2 texts): from call 7 on it is NaN, so step 1 is good and steps 2, 3, 4 are not; the
+    # third bad step in a row stops training.
+    reward = _NaNAfter(start=7)
     args = config(
         max_steps=20,
         learning_rate=1e-2,

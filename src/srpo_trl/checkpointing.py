@@ -16,17 +16,57 @@ import torch
 from torch import nn
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors metadata key for the LoRA's config
 STAGING_DIR_NAME = ".srpo-staging"  # not matched by transformers' `checkpoint-N` pattern
+#: The LoraConfig fields that set the model a LoRA's weights make: resuming with others would continue another model.
+LORA_SCALE_FIELDS = ("r", "lora_alpha", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
+
+
+def saved_lora_config(path: str, component: str) -> dict | None:
+    """The LoRA config diffusers stores in a safetensors file's metadata for `component`, or `None` if absent."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        raw = (f.metadata() or {}).get(LORA_METADATA_KEY)
+    if not raw:
+        return None
+    prefix = component + "."  # diffusers prefixes each field with the component's name
+    return {k.removeprefix(prefix): v for k, v in json.loads(raw).items() if k.startswith(prefix)}
+
+
+def _check_same_lora_config(transformer: nn.Module, saved: dict, path: str) -> None:
+    configs = list(getattr(transformer, "peft_config", {}).values())
+    if len(configs) != 1:
+        return
+    current = configs[0].to_dict()
+    changed = [
+        f"{field}={current.get(field)!r} here but {saved[field]!r} in the checkpoint"
+        for field in LORA_SCALE_FIELDS
+        if field in saved and saved[field] != current.get(field)
+    ]
+    if changed:
+        raise ValueError(
+            f"resume_from_checkpoint: {path} holds a LoRA with another configuration (peft_config."
+            + "; peft_config.".join(changed)
+            + "); resume with the peft_config it was trained with"
+        )
 
 
 def load_lora_checkpoint(transformer: nn.Module, folder: str, component: str) -> None:
-    """Load LoRA weights written by `save_lora_weights` (keys `"{component}.<module>.lora_A.weight"`)."""
+    """Load LoRA weights written by `save_lora_weights` (keys `"{component}.<module>.lora_A.weight"`).
+
+    When the file carries the LoRA's config (as [`~srpo_trl.models.base.AdapterBase.save_lora_weights`] writes it),
+    its rank and scaling must match `transformer`'s LoRA.
+    """
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     path = os.path.join(folder, LORA_WEIGHTS_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"resume_from_checkpoint: {folder!r} holds no {LORA_WEIGHTS_NAME}")
+    saved = saved_lora_config(path, component)
+    if saved is not None:
+        _check_same_lora_config(transformer, saved, path)
     prefix = component + "."
     state = {k.removeprefix(prefix): v for k, v in load_file(path).items()}
     result = set_peft_model_state_dict(transformer, state)

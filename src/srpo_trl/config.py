@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from .control_words import RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control
 from .quantization import QUANTIZATIONS
 
 REWARD_DTYPES = ("float32", "bfloat16", "float16")
+TRAINABLE_DTYPES = ("float32", "bfloat16", "auto")
 
 
 @dataclass
@@ -29,6 +31,14 @@ class SRPOConfig(TrainingArguments):
         model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
             Keyword arguments for `DiffusionPipeline.from_pretrained`, used when the `model` argument of the
             [`SRPOTrainer`] is a hub id or a path. `torch_dtype` may be a string such as `"bfloat16"`.
+        trainable_dtype (`str`, *optional*, defaults to `"float32"`):
+            Dtype of the trainable parameters (the LoRA, or the whole transformer in full fine-tuning) and so of the
+            optimizer's states, whatever dtype the pipeline was loaded in: `"float32"` keeps fp32 master weights, as
+            the recipe does, while the frozen weights stay in the loaded dtype and compute runs under bf16 autocast
+            (`bf16=True`). `"bfloat16"` trains in pure bf16 to save memory (2 bytes a parameter instead of 4 for
+            the weights, and for each AdamW moment), at a cost: at the recipe's lr 5e-6 most bf16 updates round to
+            nothing (measured on a tiny model: 3 AdamW steps left half of the LoRA tensors unchanged). `"auto"`
+            keeps the dtype the pipeline was loaded in.
         max_sequence_length (`int`, *optional*, defaults to `512`):
             Maximum number of T5 tokens per prompt (512 for FLUX.1-dev, 256 for FLUX.1-schnell).
         transformer_gradient_checkpointing (`bool`, *optional*, defaults to `True`):
@@ -104,8 +114,13 @@ class SRPOConfig(TrainingArguments):
         use_inversion_branch (`bool`, *optional*, defaults to `True`):
             Train the inversion branch (control words swapped), the regulariser against reward hacking. Without
             it, a small negative early `denoise_discount` is the authors' suggested substitute.
-        hinge_threshold (`float`, *optional*, defaults to `0.7`):
-            `tau` of the per-branch loss `relu(tau - R) / 2`.
+        hinge_threshold (`float` or `list[float]`, *optional*):
+            `tau` of each reward's loss `relu(tau - R) / 2` per branch, on that reward's scale: one value for every
+            reward, or one per reward function. Unset, each reward uses its own (`Reward.hinge_threshold`: the
+            recipe's 0.7 for HPS, PickScore and CLIP, whose SRP scores lie around 0.1-0.4; 10, the top of its scale,
+            for `laion-aesthetic`; 0.7 for a plain callable unless it says otherwise). Above the threshold a sample
+            gives no gradient; the logged `hinge_active/{branch}` says how many samples still train, and a warning
+            names a reward whose hinge has been inactive on every sample for several steps.
 
         > Parameters that control the reward
 
@@ -168,6 +183,11 @@ class SRPOConfig(TrainingArguments):
     model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={"help": "Keyword arguments for `DiffusionPipeline.from_pretrained` when `model` is a string."},
+    )
+    trainable_dtype: str = field(
+        default="float32",
+        metadata={"help": "Dtype of the trainable weights and optimizer states: float32 (fp32 master weights), "
+                  "bfloat16 (pure bf16, saves memory; small updates round away) or auto (as loaded)."},
     )
     max_sequence_length: int = field(default=512, metadata={"help": "Maximum T5 tokens per prompt."})
     transformer_gradient_checkpointing: bool = field(
@@ -245,7 +265,13 @@ class SRPOConfig(TrainingArguments):
         default_factory=lambda: [0.30, 0.01], metadata={"help": "SRP k ramp of the inversion branch (start, end)."}
     )
     use_inversion_branch: bool = field(default=True, metadata={"help": "Train the inversion branch too."})
-    hinge_threshold: float = field(default=0.7, metadata={"help": "tau of the loss relu(tau - R) / 2."})
+    hinge_threshold: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "tau of each reward's loss relu(tau - R) / 2: one value, or one per reward; unset, each reward's "
+            "own (0.7 for HPS/PickScore/CLIP, 10 for laion-aesthetic)."
+        },
+    )
 
     # Reward
     positive_control_words: list[str] = field(
@@ -399,6 +425,13 @@ class SRPOConfig(TrainingArguments):
                 fail(name, words, "expected a list of non-empty strings")
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.hinge_threshold is not None:
+            values = self.hinge_threshold if isinstance(self.hinge_threshold, (list, tuple)) else [self.hinge_threshold]
+            if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                fail("hinge_threshold", self.hinge_threshold, "expected a number or a list of numbers, one per reward")
+            self.hinge_threshold = [float(v) for v in values]
+        if self.trainable_dtype not in TRAINABLE_DTYPES:
+            fail("trainable_dtype", self.trainable_dtype, f"expected one of {list(TRAINABLE_DTYPES)}")
         if self.sample_steps < 0:
             fail("sample_steps", self.sample_steps, "must be >= 0 (0: only at the end of training)")
         if self.sample_prompts is not None and not all(isinstance(p, str) and p.strip() for p in self.sample_prompts):

@@ -36,7 +36,11 @@ def _load_transformer(pipeline, source: str) -> None:
 
 
 def load_result(pipeline, result: str) -> str:
-    """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/`, or a hub id (LoRA first)."""
+    """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/`, or a hub id (LoRA first).
+
+    A LoRA is loaded with the pipeline's own `load_lora_weights`, which reads the LoRA's config (alpha, rsLoRA,
+    DoRA) from the file's metadata, where `SRPOTrainer` writes it: the result is the trained model.
+    """
     if os.path.isdir(result):
         if os.path.isfile(os.path.join(result, LORA_WEIGHTS_NAME)):
             pipeline.load_lora_weights(result)

@@ -1,7 +1,9 @@
 """Guards that keep a long run from losing work: reward contract checks, non-finite steps, interruption.
 
-- [`check_reward_output`]: on the first batch, each reward's output must be `[B]`, finite, and
-  differentiable in the images; otherwise the error names the reward.
+- [`check_reward_output`], [`check_rewards_on_first_batch`]: on the first batch, each reward's own output must
+  be `[B]`, finite, and differentiable in the images; otherwise the error names the reward. A reward that
+  ignores the control words is reported.
+- [`InactiveHingeWatch`]: warns when a reward's hinge has been inactive on every sample for a few batches.
 - [`NonFiniteGuard`]: wraps the optimizer's `step`. A step whose loss or gradient is NaN or inf is
   skipped (the weights do not change), logged and counted; too many in a row stop training with a
   clear message, before anything is saved, so the last checkpoint stays the last good one.
@@ -36,6 +38,75 @@ def check_reward_output(name: str, value, batch: int) -> None:
             f"reward {name!r} has no gradient path to the images: its output does not require grad (is it computed "
             "under torch.no_grad(), detached, or converted through numpy/PIL?)"
         )
+
+
+def check_rewards_on_first_batch(rewards, images: torch.Tensor, prompts: list[str], positive: str, negative: str):
+    """Each reward's own scores on the first batch, before SRP combines them.
+
+    SRP's `(1 + k) * f` with `k` of shape `[B]` would broadcast one scalar for the whole batch into a valid-looking
+    `[B]`, so the contract (`[B]`, finite, differentiable) is checked on `f` itself. A text-conditioned reward
+    whose scores do not change with the control words is reported: SRP then reduces it to `k * f(x)`.
+    """
+    from .rewards.base import with_control_word
+
+    for reward in rewards:
+        texts = with_control_word(positive, prompts) if reward.text_conditioned else list(prompts)
+        score = reward.score(images, texts)
+        check_reward_output(reward.name, score, len(prompts))
+        if not reward.text_conditioned:
+            continue
+        with torch.no_grad():
+            other = reward.score(images.detach(), with_control_word(negative, prompts))
+        if torch.equal(score.detach(), other):
+            logger.warning(
+                "reward %r gave identical scores for %r and %r before the prompts: it ignores the control words, so "
+                "SRP's (1 + k) f(x, pos) - f(x, neg) collapses to k * f(x). If it ignores the text, declare it "
+                "image-only (srpo_trl.rewards.image_only(fn), or CallableReward(fn, text_conditioned=False)); if it "
+                "reads the text, choose control words it understands (SRPOConfig.positive_control_words / "
+                "negative_control_words)",
+                reward.name,
+                f"{positive}. ",
+                f"{negative}. ",
+            )
+
+
+class InactiveHingeWatch:
+    """Warn, once per reward, when its hinge `relu(tau - R)` has been zero on every sample for `patience` batches.
+
+    Such a reward gives no gradient: with a threshold below its scores from the start, silently none at all. It
+    reads the per-reward fractions the trainer logs anyway (`rewards/{name}/{branch}_hinge_active`, averaged over
+    the logging window and every process), so it costs no extra synchronisation.
+    """
+
+    def __init__(self, thresholds: dict[str, float], patience: int = 3):
+        self.thresholds = thresholds
+        self.patience = patience
+        self.inactive_batches = dict.fromkeys(thresholds, 0)
+        self.warned: set[str] = set()
+
+    def update(self, metrics: dict[str, float], batches: int) -> None:
+        """`metrics`: one logging window's means; `batches`: how many batches that window held."""
+        for name, tau in self.thresholds.items():
+            fractions = [v for k, v in metrics.items() if k.startswith(f"rewards/{name}/") and k.endswith("_hinge_active")]
+            if not fractions:
+                continue
+            if max(fractions) > 0:
+                self.inactive_batches[name] = 0
+                continue
+            self.inactive_batches[name] += batches
+            if self.inactive_batches[name] >= self.patience and name not in self.warned:
+                self.warned.add(name)
+                logger.warning(
+                    "reward %r: its hinge relu(%s - R) has been zero on every sample for %d batches, so it gives no "
+                    "gradient: its scores (logged as rewards/%s/denoise) are all above hinge_threshold=%s. If they "
+                    "were above it from the start, the threshold is not on this reward's scale: set "
+                    "SRPOConfig.hinge_threshold above the scores it gives",
+                    name,
+                    tau,
+                    self.inactive_batches[name],
+                    name,
+                    tau,
+                )
 
 
 class NonFiniteGuard:

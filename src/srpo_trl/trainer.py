@@ -30,10 +30,17 @@ from .checkpointing import (
 )
 from .config import SRPOConfig
 from .data import check_columns, check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
-from .guards import InterruptionHandler, NonFiniteGuard, check_reward_output
+from .guards import (
+    InactiveHingeWatch,
+    InterruptionHandler,
+    NonFiniteGuard,
+    check_reward_output,
+    check_rewards_on_first_batch,
+)
 from .hub import build_model_card
 from .integrations import adapt_tracker_callbacks
 from .models import check_model_index, get_adapter
+from .module_state import cast_trainable_parameters, eval_mode
 from .quantization import quantize_frozen_base
 from .rewards import Reward, as_reward, load_reward, srp_score
 from .rewards.base import IMAGE_ONLY_NOTICE
@@ -152,7 +159,17 @@ class SRPOTrainer(Trainer):
                 "reward functions; give one weight per reward function"
             )
         self.reward_weights = weights
+        thresholds = args.hinge_threshold
+        if thresholds is not None and len(thresholds) not in (1, count):
+            raise ValueError(
+                f"SRPOConfig.hinge_threshold has {len(thresholds)} values but there are {count} reward functions; "
+                "give one value for all of them or one per reward function"
+            )
         self.rewards = self._resolve_rewards(reward_funcs, args)
+        if thresholds is None:
+            self.hinge_thresholds = [float(r.hinge_threshold) for r in self.rewards]
+        else:
+            self.hinge_thresholds = thresholds * count if len(thresholds) == 1 else list(thresholds)
         if any(r.text_conditioned for r in self.rewards):
             for field_name in ("positive_control_words", "negative_control_words"):
                 if not getattr(args, field_name):
@@ -194,7 +211,7 @@ class SRPOTrainer(Trainer):
                 "be fully fine-tuned"
             )
         transformer = self._prepare_trainable(args, peft_config)
-        self.peft_config = peft_config
+        cast_trainable_parameters(transformer, args.trainable_dtype)
         super().__init__(
             model=transformer,
             args=args,
@@ -221,6 +238,7 @@ class SRPOTrainer(Trainer):
         self._rewards_checked = False  # the reward contract is checked on the first batch
         self._evaluating = False  # which metrics `log` reports: evaluate()'s or the training steps'
         self._nonfinite_guard: NonFiniteGuard | None = None
+        self._hinge_watch = InactiveHingeWatch(dict(zip((r.name for r in self.rewards), self.hinge_thresholds)))
         self._interruption = InterruptionHandler()
         self.add_callback(_StopOnSignal(self))
         # First in line, so that at the end of training the trackers' writers are still open for the last samples.
@@ -269,13 +287,21 @@ class SRPOTrainer(Trainer):
                 component.requires_grad_(False).eval()
         transformer = getattr(self.pipeline, self.adapter.trainable_component)
         if peft_config is not None:
+            from .models.base import check_lora_reloads
+
+            # `self.peft_config` is a copy: defaults are filled in here and diffusers' `add_adapter` writes to the
+            # config it gets, and the user's object must not change. The copy is what `_save` writes beside the LoRA.
+            peft_config = copy.deepcopy(peft_config)
+            check_lora_reloads(peft_config)
             if args.quantize_base is not None:  # the frozen base in 8/4 bits, the LoRA on top in full precision
                 quantize_frozen_base(transformer, args.quantize_base)
             if getattr(peft_config, "target_modules", None) is None:
                 peft_config.target_modules = list(self.adapter.default_lora_target_modules)
             _check_lora_targets(transformer, peft_config)
             transformer.add_adapter(peft_config)  # only the LoRA parameters require grad
+            self.peft_config = peft_config
         else:
+            self.peft_config = None
             transformer.requires_grad_(True)
         if args.transformer_gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -382,18 +408,25 @@ class SRPOTrainer(Trainer):
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], seed: int = 0, reference_images: torch.Tensor | None = None
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        reference_images: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor:
-        """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's sampler.
+        """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's Euler sampler, in eval mode.
 
-        `reference_images` (`[B, 3, H, W]` in [0, 1]) are required by image-editing families (Kontext).
+        `guidance_scale` defaults to the rollout's (`rollout_guidance_scale`). `reference_images`
+        (`[B, 3, H, W]` in [0, 1]) are required by image-editing families (Kontext).
         """
         device = self.accelerator.device
         text = self._conditioning(list(prompts), reference_images)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
-        with training_attention(self.args.allow_cudnn_attention):
-            x0 = self._rollout(self.model_wrapped, eps, text, self.args.rollout_guidance_scale)
+        if guidance_scale is None:
+            guidance_scale = self.args.rollout_guidance_scale
+        with training_attention(self.args.allow_cudnn_attention), eval_mode(self.model_wrapped):
+            x0 = self._rollout(self.model_wrapped, eps, text, guidance_scale)
             return self.adapter.decode(x0, self.height, self.width)
 
     # ------------------------------------------------------------ train step
@@ -401,9 +434,11 @@ class SRPOTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One SRPO sample per prompt: rollout, then the denoise and inversion branches in one batched call."""
         with training_attention(self.args.allow_cudnn_attention):
-            return self._srpo_loss(model, inputs)
+            losses = self.branch_losses(model, inputs)
+        return sum(losses.values())
 
-    def _srpo_loss(self, model, inputs) -> torch.Tensor:
+    def branch_losses(self, model, inputs) -> dict[str, torch.Tensor]:
+        """The SRPO loss of each branch (`{"denoise": ..., "inversion": ...}`) for one batch of prompts."""
         prompts = inputs["prompt"]
         batch = len(prompts)
         device = self.accelerator.device
@@ -422,7 +457,8 @@ class SRPOTrainer(Trainer):
         if self.offline:
             x0 = self.adapter.encode_images(inputs["images"].to(device), self.height, self.width)
         else:
-            x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
+            with eval_mode(model):  # a deterministic rollout: no LoRA dropout
+                x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
 
         # 2. Levels per sample; the branches go through the transformer as one batch, denoise first.
         draws_m = [self.window.sample_m(generator) for _ in range(draws)]
@@ -446,29 +482,36 @@ class SRPOTrainer(Trainer):
         v = self.adapter.velocity(model, x_start, start, text_rep, args.train_guidance_scale, self.height, self.width)
         x_end = direct_align.euler_step(x_start, v.float(), start, end)
         images = self.adapter.decode(direct_align.recover_x0(x_end, eps_rep, end), self.height, self.width)
+        if not self._rewards_checked:  # each reward's own scores, once, before SRP combines them
+            check_rewards_on_first_batch(self.rewards, images[:batch], prompts, positive, negative)
 
-        # 4. SRP reward per branch with its words and discount k, and the hinge loss.
-        loss = torch.zeros((), device=device)
+        # 4. SRP reward per branch with its words and discount k, and each reward's hinge on its own scale.
+        losses = {}
         for i, (branch, words) in enumerate(branches):
             branch_images = images[i * batch : (i + 1) * batch]
             discount = torch.tensor(per_sample(f"{branch}_discount"), device=device)
             total = torch.zeros(batch, device=device)
-            for reward, weight in zip(self.rewards, self.reward_weights):
-                r = reward.srp(branch_images, prompts, *words, discount)
+            hinge = torch.zeros(batch, device=device)
+            active = []
+            for reward, weight, tau in zip(self.rewards, self.reward_weights, self.hinge_thresholds):
+                r = reward.srp(branch_images, prompts, *words, discount, inversion=branch == "inversion")
                 if not self._rewards_checked:
                     check_reward_output(reward.name, r, batch)
                 r = r.float()
                 total = total + weight * r
+                hinge = hinge + weight * direct_align.hinge_loss(r, tau)
+                active.append(r < tau)
                 self._record(f"rewards/{reward.name}/{branch}", r)
-            branch_loss = direct_align.hinge_loss(total, args.hinge_threshold).mean()
-            loss = loss + branch_loss
+                self._record(f"rewards/{reward.name}/{branch}_hinge_active", active[-1])
+            losses[branch] = hinge.mean()
             self._record(f"reward/{branch}", total)
-            self._record(f"loss/{branch}", branch_loss)
+            self._record(f"loss/{branch}", losses[branch])
+            self._record(f"hinge_active/{branch}", torch.stack(active))
         self._rewards_checked = True
         self._record("levels/m", torch.tensor([float(lv.m) for lv in levels], device=device))
         self._record("levels/gap", torch.tensor([float(lv.gap) for lv in levels], device=device))
         self._record("levels/sigma", end[:batch])
-        return loss
+        return losses
 
     def _record(self, key: str, values: torch.Tensor, mode: str = "train") -> None:
         """Keep this process's mean of a metric, on the device (no host sync, no collective in the step)."""
@@ -489,7 +532,10 @@ class SRPOTrainer(Trainer):
         # An explicit flag, not `self.model.training`: under regional compilation the Trainer switches modes on
         # a copy of the top-level module, so the original's flag would say "eval" for the whole run.
         mode = "eval" if self._evaluating else "train"
+        batches = len(self._metrics[mode].get("loss/denoise", []))
         metrics = self._gathered_metrics(mode)
+        if mode == "train":
+            self._hinge_watch.update(metrics, batches)
         if mode == "train" and self._nonfinite_guard is not None and self._nonfinite_guard.skipped_total:
             metrics["nonfinite_steps"] = self._nonfinite_guard.skipped_total
         if mode == "eval":
@@ -561,7 +607,8 @@ class SRPOTrainer(Trainer):
         if self.peft_config is not None:
             from peft.utils import get_peft_model_state_dict
 
-            self.adapter.save_lora_weights(output_dir, get_peft_model_state_dict(transformer))
+            # The config goes with the weights: diffusers reloads a LoRA saved without it with lora_alpha = r.
+            self.adapter.save_lora_weights(output_dir, get_peft_model_state_dict(transformer), self.peft_config)
         else:
             transformer.save_pretrained(os.path.join(output_dir, self.adapter.trainable_component))
         torch.save(self._args_without_token(), os.path.join(output_dir, TRAINING_ARGS_NAME))

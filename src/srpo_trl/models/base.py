@@ -72,8 +72,37 @@ class ModelAdapter(Protocol):
     def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""
 
-    def save_lora_weights(self, output_dir: str, lora_state_dict: dict[str, torch.Tensor]) -> None:
-        """Write LoRA weights that the family's stock diffusers pipeline loads with `load_lora_weights`."""
+    def save_lora_weights(self, output_dir: str, lora_state_dict: dict[str, torch.Tensor], lora_config) -> None:
+        """Write LoRA weights and their `peft.LoraConfig` so that the family's stock diffusers pipeline's
+        `load_lora_weights` rebuilds the trained model exactly."""
+
+
+#: `init_lora_weights` values with which peft rewrites the frozen base weights as well (PiSSA, CorDA, OLoRA,
+#: LoftQ, LoRA-GA): a LoRA saved on its own cannot rebuild such a model from the stock base.
+BASE_CHANGING_LORA_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
+
+
+def check_lora_reloads(lora_config) -> None:
+    """Fail when a LoRA trained with `lora_config` could not be reloaded as the trained model from the stock base."""
+    init = getattr(lora_config, "init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(BASE_CHANGING_LORA_INITS):
+        raise ValueError(
+            f"peft_config.init_lora_weights={init!r} changes the frozen base weights, so the saved LoRA would not "
+            "reload as the trained model on the stock pipeline; use True, False, 'gaussian' or 'orthogonal'"
+        )
+
+
+def lora_adapter_metadata(lora_config) -> dict:
+    """`lora_config` as the dict diffusers stores beside the LoRA weights and rebuilds a `LoraConfig` from.
+
+    Without it, `load_lora_weights` infers a config from the tensors alone: `lora_alpha = r`, no rsLoRA, so
+    any LoRA with another scale reloads as a different model. `lora_dropout` is written as 0: the modules
+    `load_lora_weights` adds stay in training mode even in an eval-mode pipeline, so a saved dropout would
+    make inference random; without dropout the loaded model is the trained one in eval mode.
+    """
+    metadata = lora_config.to_dict()
+    metadata["lora_dropout"] = 0.0
+    return metadata
 
 
 #: The attention projections of the FLUX families' double-stream (joint text-image) blocks, image and text side.
@@ -118,8 +147,14 @@ class AdapterBase:
         """Conditioning with the reference images added; text-to-image families have none."""
         return conditioning
 
-    def save_lora_weights(self, output_dir, lora_state_dict) -> None:
-        type(self.pipeline).save_lora_weights(output_dir, transformer_lora_layers=lora_state_dict)
+    def save_lora_weights(self, output_dir, lora_state_dict, lora_config) -> None:
+        """Write `pytorch_lora_weights.safetensors` with the LoRA's config in its metadata (see
+        [`lora_adapter_metadata`])."""
+        type(self.pipeline).save_lora_weights(
+            output_dir,
+            transformer_lora_layers=lora_state_dict,
+            transformer_lora_adapter_metadata=lora_adapter_metadata(lora_config),
+        )
 
     @staticmethod
     def to_unit_images(images: torch.Tensor) -> torch.Tensor:

@@ -85,12 +85,13 @@ class FluxAdapter(AdapterBase):
 
     def _call_transformer(self, transformer, hidden_states, image_ids, sigma, text, guidance_scale) -> torch.Tensor:
         """The FLUX.1 transformer's output for image tokens `hidden_states` with positional ids `image_ids`."""
+        dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
         return transformer(
-            hidden_states=hidden_states.to(self.pipeline.transformer.dtype),
+            hidden_states=hidden_states.to(dtype),
             timestep=sigma.to(hidden_states.device),  # FLUX takes the level in [0, 1] (the pipeline's t / 1000)
             guidance=self.guidance(hidden_states.shape[0], guidance_scale, hidden_states.device),
-            pooled_projections=text["pooled_prompt_embeds"],
-            encoder_hidden_states=text["prompt_embeds"],
+            pooled_projections=text["pooled_prompt_embeds"].to(dtype),
+            encoder_hidden_states=text["prompt_embeds"].to(dtype),
             txt_ids=text["text_ids"][0],
             img_ids=image_ids,
             return_dict=False,

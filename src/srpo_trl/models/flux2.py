@@ -107,9 +107,10 @@ class Flux2Adapter(AdapterBase):
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
         rows, cols = self._grid(height, width)
         batch = latents.shape[0]
+        dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
         return transformer(
-            hidden_states=latents.to(self.pipeline.transformer.dtype),
-            encoder_hidden_states=text["prompt_embeds"],
+            hidden_states=latents.to(dtype),
+            encoder_hidden_states=text["prompt_embeds"].to(dtype),
             timestep=sigma.to(latents.device),  # FLUX.2 takes the level in [0, 1] (the pipeline's t / 1000)
             img_ids=self._image_ids(rows, cols, batch, latents.device),
             txt_ids=text["text_ids"],

@@ -2,7 +2,7 @@
 
 from ..control_words import CONTROL_WORD_PRESETS, control_word_preset
 from .aesthetic import AestheticMLP, AestheticReward
-from .base import CallableReward, Reward, as_reward, srp_score, with_control_word
+from .base import DEFAULT_HINGE_THRESHOLD, CallableReward, Reward, as_reward, image_only, srp_score, with_control_word
 from .clip import CLIPReward
 from .color import ColorWordReward
 from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to_transformers
@@ -13,6 +13,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "CONTROL_WORD_PRESETS",
+    "DEFAULT_HINGE_THRESHOLD",
     "REWARDS",
     "AestheticMLP",
     "AestheticReward",
@@ -26,6 +27,7 @@ __all__ = [
     "control_word_preset",
     "convert_hps",
     "hps_clip_model",
+    "image_only",
     "load_reward",
     "load_state_dict_file",
     "open_clip_to_transformers",

@@ -17,6 +17,9 @@ from .base import Reward
 from .preprocess import clip_preprocess
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
+#: The top of the predictor's 1-10 scale: the hinge `relu(tau - f(x))` stays active on every image (with the
+#: recipe's 0.7 it would be zero on every image, and so would the gradient).
+AESTHETIC_HINGE_THRESHOLD = 10.0
 
 
 class AestheticMLP(nn.Module):
@@ -51,6 +54,7 @@ class AestheticReward(Reward):
     """
 
     text_conditioned = False
+    hinge_threshold = AESTHETIC_HINGE_THRESHOLD
 
     def __init__(self, vision_model=AESTHETIC_CLIP, mlp=None, name: str = "laion-aesthetic", dtype=None):
         super().__init__()

@@ -5,7 +5,11 @@ the images. SRP asks the same reward model about the image twice, with a positiv
 control word put before the prompt (`"{word}. {prompt}"`), and subtracts:
 `SRP = (1 + k) * f(x, "pos. prompt") - f(x, "neg. prompt")`. The bias the reward model has for
 both texts cancels. Image-only rewards cannot take control words and score `f(x)` (plain
-Direct-Align).
+Direct-Align); in the inversion branch, a penalty, they score `-f(x)`, which is what swapping the control
+words does for SRP.
+
+Each reward's scores live on their own scale, so each has its own hinge threshold `tau` in the loss
+`relu(tau - R) / 2` (`Reward.hinge_threshold`; the recipe's 0.7 is on HPS's SRP scale).
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from torch import nn
 # Said by the trainer for every image-only reward (`text_conditioned = False`) it trains with.
 IMAGE_ONLY_NOTICE = (
     "reward {name!r} is image-only: it ignores the prompt and SRP's control words, so it trains as plain "
-    "Direct-Align (reward = f(x)), without SRP's debiasing"
+    "Direct-Align (reward f(x) in the denoise branch, -f(x) in the inversion branch), without SRP's debiasing"
 )
+
+#: The recipe's hinge threshold, on the scale of HPS's SRP (values around 0.1-0.4).
+DEFAULT_HINGE_THRESHOLD = 0.7
 
 
 def with_control_word(word: str, prompts: Sequence[str]) -> list[str]:
@@ -33,10 +40,14 @@ class Reward(nn.Module):
     Attributes:
         name (`str`): used in logged metric names (`rewards/{name}/...`).
         text_conditioned (`bool`): whether the score depends on the text; if not, SRP is plain `f(x)`.
+        hinge_threshold (`float`): `tau` of this reward's hinge `relu(tau - R) / 2`, on the reward's own scale
+            (`SRPOConfig.hinge_threshold` overrides it). It must lie above the scores the reward gives, or the
+            hinge is inactive and the reward gives no gradient.
     """
 
     name: str = "reward"
     text_conditioned: bool = True
+    hinge_threshold: float = DEFAULT_HINGE_THRESHOLD
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Reward `[B]` of each image for its text."""
@@ -52,25 +63,67 @@ class Reward(nn.Module):
         positive_word: str,
         negative_word: str,
         k: torch.Tensor | float,
+        *,
+        inversion: bool = False,
     ) -> torch.Tensor:
-        """Semantic relative preference `(1 + k) f(x, pos. p) - f(x, neg. p)`, per sample."""
+        """Semantic relative preference `(1 + k) f(x, pos. p) - f(x, neg. p)`, per sample.
+
+        The inversion branch passes its words swapped and `inversion=True`. An image-only reward cannot take the
+        words: it gives `f(x)`, and `-f(x)` in the inversion branch, the sign the swap gives SRP. (With `+f(x)` in
+        both branches they cancel: the inversion step's recovery moves with the velocity in the opposite
+        direction to the denoise step's.)
+        """
         if not self.text_conditioned:
-            return self.score(images, prompts)
+            score = self.score(images, prompts)
+            return -score if inversion else score
         positive = self.score(images, with_control_word(positive_word, prompts))
         negative = self.score(images, with_control_word(negative_word, prompts))
         return (1 + torch.as_tensor(k, device=positive.device, dtype=positive.dtype)) * positive - negative
 
 
 class CallableReward(Reward):
-    """Wrap a plain function `fn(images, prompts) -> Tensor[B]` as a text-conditioned [`Reward`]."""
+    """Wrap a plain function `fn(images, prompts) -> Tensor[B]` as a [`Reward`].
 
-    def __init__(self, fn: Callable[[torch.Tensor, list[str]], torch.Tensor], name: str | None = None):
+    Args:
+        fn (`callable`): the scores of float images `[B, 3, H, W]` in [0, 1] for their texts, differentiable in
+            the images.
+        name (`str`, *optional*): name in logged metrics; defaults to the function's name.
+        text_conditioned (`bool`, *optional*): `False` declares a function that ignores the texts (image-only:
+            plain Direct-Align, no SRP). Defaults to the function's own `text_conditioned` attribute, else `True`.
+        hinge_threshold (`float`, *optional*): `tau` on the function's scale; defaults to the function's own
+            `hinge_threshold` attribute, else the recipe's 0.7.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor, list[str]], torch.Tensor],
+        name: str | None = None,
+        text_conditioned: bool | None = None,
+        hinge_threshold: float | None = None,
+    ):
         super().__init__()
         self.fn = fn
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        if text_conditioned is None:
+            text_conditioned = getattr(fn, "text_conditioned", True)
+        self.text_conditioned = bool(text_conditioned)
+        if hinge_threshold is None:
+            hinge_threshold = getattr(fn, "hinge_threshold", DEFAULT_HINGE_THRESHOLD)
+        self.hinge_threshold = float(hinge_threshold)
 
     def score(self, images, prompts):
         return self.fn(images, list(prompts))
+
+
+def image_only(fn: Callable | None = None, *, hinge_threshold: float | None = None):
+    """Declare a function `fn(images, prompts)` that ignores its texts as an image-only reward.
+
+    Use as `reward_funcs=image_only(fn)` or as a decorator (`@image_only` or `@image_only(hinge_threshold=10)`).
+    Returns a [`CallableReward`] with `text_conditioned=False`.
+    """
+    if fn is None:
+        return lambda f: CallableReward(f, text_conditioned=False, hinge_threshold=hinge_threshold)
+    return CallableReward(fn, text_conditioned=False, hinge_threshold=hinge_threshold)
 
 
 def as_reward(reward: Reward | Callable) -> Reward:

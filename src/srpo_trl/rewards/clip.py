@@ -74,7 +74,7 @@ class CLIPReward(Reward):
     def score(self, images, prompts):
         return self.scale.to(images.device) * (self.embed_images(images) * self.embed_texts(prompts)).sum(-1)
 
-    def srp(self, images, prompts, positive_word, negative_word, k):
+    def srp(self, images, prompts, positive_word, negative_word, k, *, inversion=False):
         e_img = self.embed_images(images)
         e_pos = self.embed_texts(with_control_word(positive_word, prompts))
         e_neg = self.embed_texts(with_control_word(negative_word, prompts))

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Reward
+from .aesthetic import AESTHETIC_HINGE_THRESHOLD
+from .base import DEFAULT_HINGE_THRESHOLD, Reward
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class RewardSpec:
     output_scale: str
     parameters: str
     description: str
+    #: `tau` of the hinge `relu(tau - R) / 2` on this reward's scale (overridden by `SRPOConfig.hinge_threshold`).
+    hinge_threshold: float = DEFAULT_HINGE_THRESHOLD
 
 
 _VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -108,6 +111,7 @@ REWARDS: dict[str, RewardSpec] = {
             output_scale="aesthetic score, about 1-10",
             parameters="304 M (ViT-L/14 image tower) + 0.9 M head",
             description="LAION aesthetic predictor v2 (image-only: plain Direct-Align, no SRP)",
+            hinge_threshold=AESTHETIC_HINGE_THRESHOLD,
         ),
     ]
 }
@@ -218,7 +222,9 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"reward {name!r}: local path {path!r} does not exist")
         spec = REWARDS[name]
-        return _LOADERS[spec.family](spec, path, dtype, **kwargs)
+        reward = _LOADERS[spec.family](spec, path, dtype, **kwargs)
+        reward.hinge_threshold = spec.hinge_threshold
+        return reward
     if os.path.isdir(name_or_path):
         from .clip import CLIPReward
 
