@@ -8,7 +8,7 @@ def test_recipe_defaults(tmp_path):
     assert c.image_size == (720, 720)
     assert (c.rollout_steps, c.rollout_guidance_scale, c.train_guidance_scale) == (25, 1.0, 3.5)
     assert (c.window_grid_steps, c.window_start_index, c.window_end_index, c.num_levels) == (50, 5, 25, 1000)
-    assert (c.rho, c.hinge_threshold) == (0.9, 0.7)
+    assert (c.rho, c.hinge_threshold, c.trainable_dtype) == (0.9, None, "float32")  # None: each reward's own tau
     assert c.denoise_discount == [0.10, 0.25] and c.inversion_discount == [0.30, 0.01]
     assert (c.learning_rate, c.weight_decay, c.max_grad_norm) == (5e-6, 1e-4, 0.1)
     assert c.lr_scheduler_type == "constant" and c.per_device_train_batch_size == 1

@@ -32,7 +32,7 @@ def test_published_recipe_values(tmp_path):
     assert script.reward_funcs == ["hpsv2.1"] and not model.use_peft
     assert (args.rollout_steps, args.rollout_guidance_scale, args.train_guidance_scale) == (25, 1.0, 3.5)
     assert (args.window_grid_steps, args.window_start_index, args.window_end_index) == (50, 5, 25)
-    assert (args.num_levels, args.rho, args.hinge_threshold) == (1000, 0.9, 0.7)
+    assert (args.num_levels, args.rho, args.hinge_threshold) == (1000, 0.9, [0.7])
     assert args.denoise_discount == [0.10, 0.25] and args.inversion_discount == [0.30, 0.01]
     assert (args.learning_rate, args.weight_decay, args.max_grad_norm) == (5e-6, 1e-4, 0.1)
     assert args.lr_scheduler_type.value == "constant"

@@ -144,6 +144,10 @@ class SRPOConfig(TrainingArguments):
             Prompts whose images (same seed each time) are logged to the trackers of `report_to` (tensorboard,
             wandb) every `sample_steps` steps and at the end of training, when they are also written to
             `output_dir/samples/` for the model card.
+        sample_guidance_scale (`float`, *optional*, defaults to `3.5`):
+            Guidance of the sample images (FLUX.1-dev's inference default, the value the model card's loading
+            snippet uses); the training rollout's own guidance is `rollout_guidance_scale`. The samples are made
+            with `rollout_steps` Euler steps at `resolution`, in eval mode, and the model card says so.
         sample_steps (`int`, *optional*, defaults to `0`):
             Steps between sample images; `0` logs them only at the end.
         plot_reward_curve (`bool`, *optional*, defaults to `True`):
@@ -298,6 +302,9 @@ class SRPOConfig(TrainingArguments):
     sample_prompts: list[str] | None = field(
         default=None,
         metadata={"help": "Prompts whose images are logged to the report_to trackers.", "nargs": "+"},
+    )
+    sample_guidance_scale: float = field(
+        default=3.5, metadata={"help": "Guidance of the sample images (the model card's inference setting)."}
     )
     sample_steps: int = field(
         default=0, metadata={"help": "Log sample images every this many steps (0: only at the end of training)."}

@@ -49,8 +49,8 @@ def base_model_license(base_model: str | None) -> dict[str, str]:
     return dict(KNOWN_LICENSES.get(base_model, {}))
 
 
-def _loading_snippet(base_model: str, repo_or_dir: str, lora: bool, pipeline_class: str) -> str:
-    prompt_line = 'image = pipe("a portrait photo of an old fisherman", guidance_scale=3.5).images[0]'
+def _loading_snippet(base_model: str, repo_or_dir: str, lora: bool, pipeline_class: str, guidance: float) -> str:
+    prompt_line = f'image = pipe("a portrait photo of an old fisherman", guidance_scale={guidance}).images[0]'
     if lora:
         return f"""import torch
 from diffusers import {pipeline_class}
@@ -75,6 +75,7 @@ def build_model_card(
     pipeline_class: str = "FluxPipeline",
     reward_names: list[str] | None = None,
     samples: list[tuple[str, str]] | None = None,
+    sample_settings: dict[str, object] | None = None,
 ) -> ModelCard:
     """A model card for an SRPO result.
 
@@ -86,6 +87,8 @@ def build_model_card(
         pipeline_class: the diffusers pipeline class that loads the result.
         reward_names: names of the reward functions used.
         samples: `(prompt, relative image path)` pairs; shown in the card and as the Hub's widget.
+        sample_settings: how the samples were made (`steps`, `guidance_scale`, `resolution`, `seed`); stated under
+            them, and the loading snippet uses the same guidance.
     """
     license_meta = base_model_license(base_model)
     is_hub_id = bool(base_model) and not os.path.isdir(base_model)
@@ -98,8 +101,16 @@ def build_model_card(
         **license_meta,
     )
     gallery = ""
+    guidance = 3.5  # FLUX.1-dev's inference default
     if samples:
-        gallery = "\n## Samples\n\n" + "\n".join(f"![{prompt}]({path})" for prompt, path in samples) + "\n"
+        made_with = ""
+        if sample_settings:
+            guidance = sample_settings["guidance_scale"]
+            made_with = (
+                f"Made with srpo-trl's Euler sampler, in eval mode: {sample_settings['steps']} steps, "
+                f"guidance {guidance}, {sample_settings['resolution']} px, seed {sample_settings['seed']}.\n\n"
+            )
+        gallery = "\n## Samples\n\n" + made_with + "\n".join(f"![{prompt}]({path})" for prompt, path in samples) + "\n"
     base = base_model or "<base model>"
     kind = "a LoRA" if lora else "a full fine-tune of the transformer"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in training_summary.items())
@@ -120,7 +131,7 @@ with Direct-Align, [arXiv 2509.06942](https://huggingface.co/papers/2509.06942))
 ## Use it with diffusers
 
 ```python
-{_loading_snippet(base, repo_or_dir, lora, pipeline_class)}
+{_loading_snippet(base, repo_or_dir, lora, pipeline_class, guidance)}
 ```
 
 {gallery}

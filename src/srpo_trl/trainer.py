@@ -630,7 +630,8 @@ class SRPOTrainer(Trainer):
         from PIL import Image
 
         output_dir = output_dir or self.args.output_dir
-        images = self.generate(list(prompts), seed=seed)  # on every process: sharded models need all ranks
+        # On every process: sharded models need all ranks.
+        images = self.generate(list(prompts), seed=seed, guidance_scale=self.args.sample_guidance_scale)
         paths = []
         if self.is_world_process_zero():
             folder = os.path.join(output_dir, SAMPLES_DIR)
@@ -639,8 +640,16 @@ class SRPOTrainer(Trainer):
             for i, array in enumerate(pixels):
                 paths.append(os.path.join(folder, f"sample_{i}.png"))
                 Image.fromarray(array).save(paths[-1])
+            # Each row says how its image was made, so that the model card states the settings actually used.
+            settings = {
+                "seed": seed,
+                "guidance_scale": self.args.sample_guidance_scale,
+                "steps": self.args.rollout_steps,
+                "resolution": f"{self.height}x{self.width}",
+            }
+            rows = [{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png", **settings} for i, p in enumerate(prompts)]
             with open(os.path.join(folder, "prompts.json"), "w") as f:
-                json.dump([{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png"} for i, p in enumerate(prompts)], f)
+                json.dump(rows, f)
         return paths
 
     def push_to_hub(
@@ -688,7 +697,8 @@ class SRPOTrainer(Trainer):
         prompts = list(self.args.sample_prompts or [])
         if not prompts:
             return
-        images = self.generate(prompts, seed=self.args.seed)  # on every process: sharded models need all ranks
+        # On every process: sharded models need all ranks.
+        images = self.generate(prompts, seed=self.args.seed, guidance_scale=self.args.sample_guidance_scale)
         if not self.is_world_process_zero():
             return
         step = self.state.global_step
@@ -829,24 +839,33 @@ class SRPOTrainer(Trainer):
             "denoise_discount": args.denoise_discount,
             "inversion_discount": args.inversion_discount if args.use_inversion_branch else "off",
             "x0": "real images (offline mode)" if self.offline else "rollouts of the current model",
-            "hinge_threshold": args.hinge_threshold,
+            "hinge_threshold": dict(zip((r.name for r in self.rewards), self.hinge_thresholds)),
             "positive_control_words": args.positive_control_words,
             "negative_control_words": args.negative_control_words,
             "learning_rate": args.learning_rate,
             "max_grad_norm": args.max_grad_norm,
             "steps": self.state.global_step,
-            "lora": repr(self.peft_config.r) if self.peft_config is not None else "no (full fine-tune)",
+            "lora": (
+                f"r={self.peft_config.r}, lora_alpha={self.peft_config.lora_alpha}"
+                if self.peft_config is not None
+                else "no (full fine-tune)"
+            ),
+            "trainable_dtype": args.trainable_dtype,
         }
         image_only = [r.name for r in self.rewards if not r.text_conditioned]
         if image_only:
             summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
         samples_index = os.path.join(self.args.output_dir, SAMPLES_DIR, "prompts.json")
-        samples = None
+        samples, sample_settings = None, None
         if os.path.isfile(samples_index):
             with open(samples_index) as f:
-                samples = [(row["prompt"], row["image"]) for row in json.load(f)]
+                rows = json.load(f)
+            samples = [(row["prompt"], row["image"]) for row in rows]
+            if rows and "guidance_scale" in rows[0]:
+                sample_settings = {k: rows[0][k] for k in ("steps", "guidance_scale", "resolution", "seed")}
         return build_model_card(
             samples=samples,
+            sample_settings=sample_settings,
             base_model=getattr(self.pipeline, "name_or_path", None) or None,
             lora=self.peft_config is not None,
             repo_or_dir=repo_or_dir,
