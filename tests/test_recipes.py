@@ -51,3 +51,13 @@ def test_lora_and_offline_recipes(tmp_path):
     assert model.use_peft and model.lora_r == 64
     _, args, model = _parse("flux_dev_offline.yaml", tmp_path)
     assert args.offline is True and model.use_peft
+
+
+@pytest.mark.parametrize("name", ["flux_dev_hpsv2.yaml", "flux_dev_pickscore.yaml", "flux_dev_lora_1gpu.yaml"])
+def test_online_recipes_keep_the_best_checkpoint_by_held_out_reward(name, tmp_path):
+    script, args, _ = _parse(name, tmp_path)
+    assert script.eval_dataset_name and args.eval_strategy.value == "steps" and args.eval_steps == args.save_steps
+    assert args.load_best_model_at_end and args.metric_for_best_model == "reward" and args.greater_is_better
+    assert args.save_total_limit == 2
+    assert "laion-aesthetic" in script.eval_reward_funcs
+    assert not set(script.eval_reward_funcs) & set(script.reward_funcs)  # watched, never trained on

@@ -180,7 +180,11 @@ class SRPOConfig(TrainingArguments):
 
     Defaults that differ from [`~transformers.TrainingArguments`] (the recipe's): `learning_rate=5e-6`,
     `weight_decay=1e-4`, `lr_scheduler_type="constant"`, `max_grad_norm=0.1`, `per_device_train_batch_size=1`,
-    `logging_steps=10`, `remove_unused_columns=False`, and `bf16` on when CUDA is available (unless `fp16`).
+    `logging_steps=10`, `remove_unused_columns=False`, `metric_for_best_model="reward"` (the held-out reward
+    `evaluate()` returns as `eval_reward`, higher is better: quality peaks after some steps and collapses if
+    training goes on, so `load_best_model_at_end=True` with `save_total_limit` keeps and loads the best
+    checkpoint, and transformers' `EarlyStoppingCallback` stops on it), and `bf16` on when CUDA is available
+    (unless `fp16`).
     """
 
     # Model
@@ -341,6 +345,13 @@ class SRPOConfig(TrainingArguments):
     max_grad_norm: float = field(default=0.1, metadata={"help": "Gradient clipping max norm (recipe: 0.1)."})
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Prompts per device per step."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
+    metric_for_best_model: str | None = field(
+        default="reward",
+        metadata={
+            "help": "Evaluation metric that picks the best checkpoint (save_total_limit keeps it, "
+            "load_best_model_at_end loads it): the held-out reward `eval_reward` by default."
+        },
+    )
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 mixed precision; defaults to True when CUDA is available and fp16 is off."},

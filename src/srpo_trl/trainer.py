@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from . import direct_align
@@ -113,6 +113,10 @@ class SRPOTrainer(Trainer):
         callbacks (`list[TrainerCallback]`, *optional*): extra Trainer callbacks.
         optimizers (`tuple`, *optional*): `(optimizer, lr_scheduler)`; AdamW and the config's schedule by default.
         peft_config (`peft.LoraConfig`, *optional*): train a LoRA instead of the full transformer.
+        eval_reward_funcs (same types as `reward_funcs`, *optional*): rewards that [`evaluate`] also scores the
+            held-out images with, but that are never trained on (e.g. train on `"hpsv2.1"`, watch `"pickscore"`
+            and `"laion-aesthetic"`): a trained reward that rises while these fall is the signature of reward
+            hacking. Logged as `eval_rewards/{name}/srp` and `eval_rewards/{name}/plain`, outside `eval_reward`.
     """
 
     _tag_names = ["trl", "srpo", "diffusers", "flux", "text-to-image"]
@@ -132,6 +136,7 @@ class SRPOTrainer(Trainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
         peft_config=None,
+        eval_reward_funcs: RewardLike | Sequence[RewardLike] | None = None,
     ):
         if args is None:
             name = model if isinstance(model, str) else "flux"
@@ -166,6 +171,16 @@ class SRPOTrainer(Trainer):
                 "give one value for all of them or one per reward function"
             )
         self.rewards = self._resolve_rewards(reward_funcs, args)
+        self.eval_only_rewards = []
+        if eval_reward_funcs is not None:
+            self.eval_only_rewards = self._resolve_rewards(eval_reward_funcs, args, trained=False)
+            trained_names = {r.name for r in self.rewards}
+            clashes = sorted(r.name for r in self.eval_only_rewards if r.name in trained_names)
+            if clashes:
+                raise ValueError(
+                    f"eval_reward_funcs: {clashes} are trained on already, and every trained reward is evaluated; "
+                    "give only rewards that are not in reward_funcs"
+                )
         if thresholds is None:
             self.hinge_thresholds = [float(r.hinge_threshold) for r in self.rewards]
         else:
@@ -247,11 +262,12 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _resolve_rewards(reward_funcs, args: SRPOConfig) -> list[Reward]:
+    def _resolve_rewards(reward_funcs, args: SRPOConfig, trained: bool = True) -> list[Reward]:
         """Reward modules, frozen, in eval mode and in `args.reward_torch_dtype`.
 
         Rewards given by name are loaded in that dtype; reward objects are cast only when `reward_dtype` is set
-        explicitly (a model the user built keeps its dtype otherwise).
+        explicitly (a model the user built keeps its dtype otherwise). Image-only rewards that are `trained` on
+        are announced (they train as plain Direct-Align).
         """
         if reward_funcs is None:
             raise ValueError("reward_funcs: give at least one reward function")
@@ -270,7 +286,7 @@ class SRPOTrainer(Trainer):
         if not rewards:
             raise ValueError("reward_funcs: give at least one reward function")
         for reward in rewards:
-            if not reward.text_conditioned:
+            if trained and not reward.text_conditioned:
                 logger.warning(IMAGE_ONLY_NOTICE.format(name=reward.name))
         names = [r.name for r in rewards]
         for i, r in enumerate(rewards):  # unique metric names
@@ -325,7 +341,7 @@ class SRPOTrainer(Trainer):
         for name, component in self.pipeline.components.items():
             if isinstance(component, nn.Module) and name != self.adapter.trainable_component:
                 component.to(device)
-        for reward in self.rewards:
+        for reward in [*self.rewards, *self.eval_only_rewards]:
             reward.to(device)
 
     def _build_text_cache(self, train_dataset, eval_dataset) -> TextEmbeddingCache:
@@ -587,7 +603,8 @@ class SRPOTrainer(Trainer):
             )
             with torch.no_grad():
                 total = torch.zeros(len(prompts), device=images.device)
-                for reward, weight in zip(self.rewards, self.reward_weights):
+                weights = [*self.reward_weights, *[0.0] * len(self.eval_only_rewards)]  # watched, not trained on
+                for reward, weight in zip([*self.rewards, *self.eval_only_rewards], weights):
                     srp = srp_score(reward, images, prompts, *words)
                     sums[f"rewards/{reward.name}/srp"].append(srp)
                     sums[f"rewards/{reward.name}/plain"].append(reward.score(images, prompts).float())
@@ -807,6 +824,13 @@ class SRPOTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_checkpoint = False
+        # The Trainer records a new best checkpoint where it wrote it, under the staging folder: point the state
+        # (and the staged copy of it) at where the checkpoint is published, before it is.
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.dirname(best) == os.path.dirname(staged):
+            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_staged_folder(staged, os.path.join(run_dir, name))
@@ -817,6 +841,16 @@ class SRPOTrainer(Trainer):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: the best checkpoint's weights, read as [`_load_from_checkpoint`] reads them.
+
+        Private override because the Trainer's own looks for transformers' or peft's file names, not the diffusers
+        layout our checkpoints have, and would only log that it found nothing.
+        """
+        logger.info("loading the best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
+                    self.args.metric_for_best_model, self.state.best_metric)  # fmt: skip
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load the trainable weights of a checkpoint written by [`_save_checkpoint`]."""

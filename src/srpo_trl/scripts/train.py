@@ -42,6 +42,22 @@ class ScriptArguments:
             "nargs": "+",
         },
     )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts (same formats as --dataset_name) for evaluation: the held-out reward picks "
+            "the best checkpoint (--metric_for_best_model reward, --load_best_model_at_end)."
+        },
+    )
+    eval_dataset_split: str = field(default="train", metadata={"help": "Split of --eval_dataset_name to use."})
+    eval_reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rewards that only score the held-out images (never trained on), e.g. pickscore "
+            "laion-aesthetic: a trained reward that rises while these fall is reward hacking.",
+            "nargs": "+",
+        },
+    )
 
 
 def lora_config(model_args: ModelConfig) -> LoraConfig | None:
@@ -75,12 +91,21 @@ def main(argv: list[str] | None = None) -> None:
         prompt_column=training_args.dataset_prompt_column,
         shuffle_seed=script_args.dataset_shuffle_seed,
     )
+    eval_dataset = None
+    if script_args.eval_dataset_name is not None:
+        eval_dataset = load_prompt_dataset(
+            script_args.eval_dataset_name,
+            split=script_args.eval_dataset_split,
+            prompt_column=training_args.dataset_prompt_column,
+        )
     trainer = SRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=script_args.reward_funcs,
         args=training_args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         peft_config=lora_config(model_args),
+        eval_reward_funcs=script_args.eval_reward_funcs,
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
