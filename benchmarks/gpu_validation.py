@@ -49,9 +49,16 @@ model FLOPs at about 50 % MFU: a rollout step is 37 TFLOP at 720 px, 74 TFLOP at
 0.15 s; 85 % of a LoRA step is the rollout). The skip guard budgets 4.5 minutes, so that one `run` with
 `timeout_s=600` ends by itself.
 
-`--dry_run` runs every case on the CPU with FLUX.1-dev's widths but 1 + 1 transformer blocks, a 1 + 1-layer
-ViT-H reward, 16 T5 tokens, 64 px (96 px for the 1024 case), 2-step rollouts and one timed step: it proves the
-script end to end where there is no GPU (about 2 minutes on 2 cores).
+`--dry_run` runs every case on the CPU with 1 + 1 transformer blocks, 16 T5 tokens, 64 px (96 px for the 1024
+case), 2-step rollouts and one timed step, each case's LoRA rank, savers and variants: it proves the script end
+to end where there is no GPU. `--dry_run_model` picks the model:
+
+- `tiny` (the default): the test model of `srpo_trl.testing` (hidden width 32, tiny CLIP reward), in fp32. Every
+  case's logic runs (variants, records, statuses), a few seconds a step on any CPU. `tests/test_gpu_validation.py`
+  runs cases 1, 6 and 11 this way (about a minute on 2 cores).
+- `flux-dev`: FLUX.1-dev's widths (3072, T5 4096, 16 latent channels) and a 1 + 1-layer ViT-H reward, in the
+  cases' bf16. About 2 minutes on 2 cores with AVX512-BF16; hours on a CPU without it (AVX2 only), which has
+  no native bf16 instructions (one step took about 20 minutes). `pytest -m slow` runs it.
 """
 
 from __future__ import annotations
@@ -235,18 +242,32 @@ class ModelCache:
         free_memory()
 
 
-def bench_args(dry_run: bool, *extra: str):
+def bench_args(dry_run: str | None, *extra: str):
+    """A case's `bench_step` arguments; `dry_run` (the `--dry_run_model`, None on the GPU) shrinks them for a CPU."""
     base = ["--model", "flux-dev", "--dtype", "bfloat16", "--batch_size", "1", "--rollout_steps", "25"]
     base += ["--warmup", "1", "--repeats", "3", "--json_out", os.path.join(OUT, "bench_step.jsonl")]
     args = bench_step.parse_args(base + list(extra))
     if dry_run:
-        args.device = "cpu"
-        args.num_layers = args.num_single_layers = args.reward_layers = 1
-        args.max_sequence_length = 16
-        args.resolution = 96 if args.resolution >= 1024 else 64
-        args.rollout_steps = min(args.rollout_steps, 2)
-        args.repeats = 1
+        shrink_for_cpu(args, dry_run)
     return args
+
+
+def shrink_for_cpu(args, model: str) -> None:
+    """Toy sizes for the dry run. The LoRA rank, savers and variants stay as the case set them, so that the dry run
+    goes through the cases' code paths and writes the same records."""
+    args.model = model
+    args.device = "cpu"
+    if model == "tiny":
+        # fp32: on CPUs without AVX512-BF16, bf16 kernels (the VAE's convolutions above all) make even the tiny
+        # step several times slower (a shared 2-core AVX2 machine: 4 to 11 s a step against 1.3 to 1.8 s in fp32).
+        # The flux-dev dry run keeps the cases' bf16.
+        args.dtype = args.reward_dtype = "float32"
+    # tiny ignores the block counts; they are set anyway, as case 3 estimates FLUX.1-dev's bytes from them
+    args.num_layers = args.num_single_layers = args.reward_layers = 1
+    args.max_sequence_length = 16
+    args.resolution = 96 if args.resolution >= 1024 else 64
+    args.rollout_steps = min(args.rollout_steps, 2)
+    args.repeats = 1
 
 
 def bench(args, cache: ModelCache | None) -> dict:
@@ -273,7 +294,7 @@ def brief(record: dict) -> dict:
     return out
 
 
-def case_lora(cache: ModelCache, dry_run: bool, resolution: int) -> dict:
+def case_lora(cache: ModelCache, dry_run: str | None, resolution: int) -> dict:
     record = bench(bench_args(dry_run, "--lora_rank", "64", "--resolution", str(resolution)), cache)
     return {"summary": brief(record), "record": record}
 
@@ -281,7 +302,7 @@ def case_lora(cache: ModelCache, dry_run: bool, resolution: int) -> dict:
 SAVERS_COMMON = ["--lora_rank", "64", "--resolution", "720", "--rollout_steps", "2", "--repeats", "2"]
 
 
-def case_savers(cache: ModelCache, dry_run: bool) -> dict:
+def case_savers(cache: ModelCache, dry_run: str | None) -> dict:
     variants = {
         "baseline (transformer + VAE checkpointing, reward bf16)": [],
         "VAE checkpointing off": ["--no-vae_checkpointing"],
@@ -292,13 +313,13 @@ def case_savers(cache: ModelCache, dry_run: bool) -> dict:
     return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
 
 
-def case_vae_slicing(cache: ModelCache, dry_run: bool) -> dict:
+def case_vae_slicing(cache: ModelCache, dry_run: str | None) -> dict:
     variants = {"VAE slicing on (the default)": [], "VAE slicing off": ["--no-vae_slicing"]}
     note = "720 px LoRA, 2-step rollout, transformer and VAE checkpointing on, reward bf16"
     return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
 
 
-def case_quantised_base(cache: ModelCache, dry_run: bool) -> dict:
+def case_quantised_base(cache: ModelCache, dry_run: str | None) -> dict:
     variants = {
         "NF4 base, VAE slicing": ["--quantize_base", "nf4"],
         "int8 base, VAE slicing": ["--quantize_base", "int8"],
@@ -307,7 +328,7 @@ def case_quantised_base(cache: ModelCache, dry_run: bool) -> dict:
     return run_variants(cache, dry_run, SAVERS_COMMON, variants, note)
 
 
-def case_compiled(cache: ModelCache, dry_run: bool, batch_size: int, *extra: str) -> dict:
+def case_compiled(cache: ModelCache, dry_run: str | None, batch_size: int, *extra: str) -> dict:
     """LoRA at 720 px with the transformer's blocks compiled; the first warm-up step compiles."""
     args = bench_args(
         dry_run, "--lora_rank", "64", "--resolution", "720", "--compile", "regions", "--warmup", "2",
@@ -318,7 +339,7 @@ def case_compiled(cache: ModelCache, dry_run: bool, batch_size: int, *extra: str
     return {"summary": brief(record), "warmup_s": record["warmup_s"], "record": record}
 
 
-def case_rollout_syncs(cache: ModelCache, dry_run: bool) -> dict:
+def case_rollout_syncs(cache: ModelCache, dry_run: str | None) -> dict:
     """Host-device synchronisations inside the rollout loop, counted by CUDA's sync debug mode ("warn")."""
     import warnings
 
@@ -344,7 +365,7 @@ def case_rollout_syncs(cache: ModelCache, dry_run: bool) -> dict:
     return {"rollout_steps": 3, "synchronising_calls": len(messages), "messages": messages[:10]}
 
 
-def run_variants(cache: ModelCache, dry_run: bool, common: list[str], variants: dict, note: str) -> dict:
+def run_variants(cache: ModelCache, dry_run: str | None, common: list[str], variants: dict, note: str) -> dict:
     out = {"note": note, "variants": {}}
     for name, extra in variants.items():
         log(f"  saver variant: {name}")
@@ -362,7 +383,7 @@ def run_variants(cache: ModelCache, dry_run: bool, common: list[str], variants: 
     return out
 
 
-def case_full(cache: ModelCache, dry_run: bool) -> dict:
+def case_full(cache: ModelCache, dry_run: str | None) -> dict:
     cache.drop()  # the LoRA transformer must go before a second one is built
     args = bench_args(dry_run, "--full", "--resolution", "720", "--repeats", "2")
     num_params = bench_step.flux_transformer_params(args.num_layers, args.num_single_layers)
@@ -433,7 +454,7 @@ def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.flo
     )
 
 
-def case_tiny_training(dry_run: bool) -> dict:
+def case_tiny_training(dry_run: str | None) -> dict:
     """The LoRA reward-raising test of tests/test_trainer.py, under SRPOTrainer(bf16=True), on the card.
 
     Three seeds of 60 steps (the test: one seed, 40 steps, fp32): one short run at lr 0.1 is noisy, and bf16
@@ -444,7 +465,9 @@ def case_tiny_training(dry_run: bool) -> dict:
     scratch = tempfile.mkdtemp(prefix="srpo_gpu_validation_")
 
     def run(pipeline_dtype: torch.dtype, seed: int) -> dict:
-        trainer = tiny_bf16_trainer(TINY_STEPS, seed, cpu=dry_run, output_dir=scratch, pipeline_dtype=pipeline_dtype)
+        trainer = tiny_bf16_trainer(
+            TINY_STEPS, seed, cpu=dry_run is not None, output_dir=scratch, pipeline_dtype=pipeline_dtype
+        )
         lora = [p for p in trainer.pipeline.transformer.parameters() if p.requires_grad]
         before = trainer.evaluate()["eval_reward"]
         t = time.perf_counter()
@@ -490,6 +513,12 @@ def case_tiny_training(dry_run: bool) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="One-shot GPU validation (see the module docstring).")
     parser.add_argument("--dry_run", action="store_true", help="everything on the CPU at toy sizes")
+    parser.add_argument(
+        "--dry_run_model",
+        choices=["tiny", "flux-dev"],
+        default="tiny",
+        help="the dry run's model: tiny (seconds) or FLUX.1-dev's widths with 1 + 1 blocks in bf16 (see above)",
+    )
     parser.add_argument("--budget_s", type=float, default=450.0, help="skip cases that would end past this")
     parser.add_argument(
         "--only", nargs="*", default=None, help="case ids to run, in this order (env always runs): 1 to 11"
@@ -499,9 +528,57 @@ def main(argv=None) -> dict:
     if not opts.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry_run on a CPU")
     device = torch.device("cpu" if opts.dry_run else "cuda")
+    dry_run = opts.dry_run_model if opts.dry_run else None  # what the cases get: the model to shrink to, or None
+    cache = ModelCache()
+    cases = [
+        (
+            "5",
+            "tiny pipeline, SRPOTrainer bf16, LoRA, 3 seeds x 60 steps: held-out reward must rise",
+            lambda: case_tiny_training(dry_run),
+        ),
+        ("1", "flux-dev LoRA r=64, 720 px, B=1, 25 rollout steps, bf16", lambda: case_lora(cache, dry_run, 720)),
+        (
+            "2",
+            "flux-dev LoRA r=64, 1024 px, B=1, 25 rollout steps, bf16",
+            lambda: case_lora(cache, dry_run, 1024),
+        ),
+        ("4", "memory savers, 720 px LoRA, 2-step rollout", lambda: case_savers(cache, dry_run)),
+        ("3", "flux-dev full fine-tuning, 720 px, pure bf16", lambda: case_full(cache, dry_run)),
+        ("6", "VAE slicing on and off, 720 px LoRA, 2-step rollout", lambda: case_vae_slicing(cache, dry_run)),
+        (
+            "7",
+            "NF4 and int8 frozen base, 720 px LoRA, 2-step rollout",
+            lambda: case_quantised_base(cache, dry_run),
+        ),
+        (
+            "8",
+            "flux-dev LoRA r=64, 720 px, B=1, transformer blocks compiled",
+            lambda: case_compiled(cache, dry_run, 1),
+        ),
+        (
+            "9",
+            "flux-dev LoRA r=64, 720 px, B=2 (batched rollout), transformer blocks compiled",
+            lambda: case_compiled(cache, dry_run, 2),
+        ),
+        (
+            "10",
+            "flux-dev LoRA r=64, 720 px, B=1, compiled, transformer checkpointing off",
+            lambda: case_compiled(cache, dry_run, 1, "--no-transformer_checkpointing"),
+        ),
+        (
+            "11",
+            "host-device syncs in a 3-step rollout (CUDA sync debug mode)",
+            lambda: case_rollout_syncs(cache, dry_run),
+        ),
+    ]
+    by_id = {case[0]: case for case in cases}
+    # Refused before the slow part (imports, environment probe): a typo costs no device time.
+    unknown = [c for c in opts.only or [] if c not in by_id]
+    if unknown:
+        raise SystemExit(f"--only: unknown case ids {unknown}; known: {list(by_id)}")
     RESULTS["options"] = vars(opts)
     RESULTS["out"] = os.path.abspath(OUT)
-    log(f"gpu_validation: OUT={os.path.abspath(OUT)} dry_run={opts.dry_run}")
+    log(f"gpu_validation: OUT={os.path.abspath(OUT)} dry_run={dry_run}")
     RESULTS["datasets"] = probe_datasets()
     log(f"datasets: {RESULTS['datasets']}")
     try:
@@ -511,52 +588,6 @@ def main(argv=None) -> dict:
     log(json.dumps(RESULTS["environment"], default=str))
     write_results()
 
-    cache = ModelCache()
-    cases = [
-        (
-            "5",
-            "tiny pipeline, SRPOTrainer bf16, LoRA, 3 seeds x 60 steps: held-out reward must rise",
-            lambda: case_tiny_training(opts.dry_run),
-        ),
-        ("1", "flux-dev LoRA r=64, 720 px, B=1, 25 rollout steps, bf16", lambda: case_lora(cache, opts.dry_run, 720)),
-        (
-            "2",
-            "flux-dev LoRA r=64, 1024 px, B=1, 25 rollout steps, bf16",
-            lambda: case_lora(cache, opts.dry_run, 1024),
-        ),
-        ("4", "memory savers, 720 px LoRA, 2-step rollout", lambda: case_savers(cache, opts.dry_run)),
-        ("3", "flux-dev full fine-tuning, 720 px, pure bf16", lambda: case_full(cache, opts.dry_run)),
-        ("6", "VAE slicing on and off, 720 px LoRA, 2-step rollout", lambda: case_vae_slicing(cache, opts.dry_run)),
-        (
-            "7",
-            "NF4 and int8 frozen base, 720 px LoRA, 2-step rollout",
-            lambda: case_quantised_base(cache, opts.dry_run),
-        ),
-        (
-            "8",
-            "flux-dev LoRA r=64, 720 px, B=1, transformer blocks compiled",
-            lambda: case_compiled(cache, opts.dry_run, 1),
-        ),
-        (
-            "9",
-            "flux-dev LoRA r=64, 720 px, B=2 (batched rollout), transformer blocks compiled",
-            lambda: case_compiled(cache, opts.dry_run, 2),
-        ),
-        (
-            "10",
-            "flux-dev LoRA r=64, 720 px, B=1, compiled, transformer checkpointing off",
-            lambda: case_compiled(cache, opts.dry_run, 1, "--no-transformer_checkpointing"),
-        ),
-        (
-            "11",
-            "host-device syncs in a 3-step rollout (CUDA sync debug mode)",
-            lambda: case_rollout_syncs(cache, opts.dry_run),
-        ),
-    ]
-    by_id = {case[0]: case for case in cases}
-    unknown = [c for c in opts.only or [] if c not in by_id]
-    if unknown:
-        raise SystemExit(f"--only: unknown case ids {unknown}; known: {list(by_id)}")
     for case_id in opts.only if opts.only is not None else [c[0] for c in cases[:5]]:
         run_case(case_id, by_id[case_id][1], by_id[case_id][2], opts.budget_s)
     cache.drop()

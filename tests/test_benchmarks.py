@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
 SMALL = ["--device", "cpu", "--warmup", "0", "--repeats", "1"]
@@ -84,11 +85,46 @@ def test_tiny_full_fine_tuning_record(bench_step):
     assert estimate["pure_bf16"]["total"] == 8 * record["params"]["transformer"]
 
 
-def test_flux_dev_architecture_builds_with_one_block_each(bench_step):
-    """FLUX.1-dev's widths (3072, 24 heads, T5 width 4096, 16 latent channels), 1 + 1 blocks, 64 px."""
-    argv = ["--model", "flux-dev", "--dtype", "bfloat16", "--num_layers", "1", "--num_single_layers", "1"]
-    argv += ["--reward_layers", "1", "--resolution", "64", "--max_sequence_length", "16", "--rollout_steps", "1"]
-    (record,) = bench_step.main([*argv, *SMALL])
+# FLUX.1-dev's widths (3072, 24 heads, T5 width 4096, 16 latent channels) with 1 + 1 blocks and a 1 + 1-layer ViT-H.
+FLUX_DEV_ONE_BLOCK = ["--model", "flux-dev", "--num_layers", "1", "--num_single_layers", "1", "--reward_layers", "1"]
+
+
+def test_flux_dev_architecture_builds_at_its_real_widths(bench_step):
+    """What `build_models` makes of FLUX.1-dev, on the meta device: shapes and dtypes without memory or compute.
+
+    A step at these widths (about 0.7 B parameters) is the slow test below: about 20 minutes in bf16 on a 2-core CPU
+    without AVX512-BF16, and still about a minute in fp32, too long for the default run.
+    """
+    args = bench_step.parse_args([*FLUX_DEV_ONE_BLOCK, "--device", "meta", "--dtype", "bfloat16"])
+    models = bench_step.build_models(args)
+    transformer, pipe = models.transformer, models.pipe
+    config = transformer.config
+    assert config.num_attention_heads * config.attention_head_dim == 3072 and config.num_attention_heads == 24
+    assert config.joint_attention_dim == 4096 and config.pooled_projection_dim == 768 and config.guidance_embeds
+    assert pipe.vae.config.latent_channels == 16 and pipe.text_encoder_2.config.d_model == 4096
+    assert len(transformer.transformer_blocks) == 1 and len(transformer.single_transformer_blocks) == 1
+    vision, text = models.reward.model.config.vision_config, models.reward.model.config.text_config
+    assert (vision.hidden_size, vision.num_hidden_layers) == (1280, 1)  # ViT-H-14, 1 layer
+    assert (text.hidden_size, text.num_hidden_layers) == (1024, 1)
+    # The base's parameters are those bench_step counts for the memory estimate; the LoRA r=64 comes on top.
+    lora = sum(p.numel() for p in models.trainable)
+    assert bench_step._module_params(transformer) == bench_step.flux_transformer_params(1, 1) + lora
+    assert 5e8 < bench_step._module_params(transformer) < 6e8  # 1 double + 1 single block of FLUX.1-dev
+    assert 8e7 < bench_step._module_params(pipe.vae) < 9e7  # FLUX.1-dev's VAE: 84 M
+    assert args.lora_rank == 64 and 0 < lora < 0.05 * bench_step._module_params(transformer)
+    trainable = {n for n, p in transformer.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # peft makes the LoRA in the base layer's dtype: a bf16 pipeline trains bf16 LoRA weights (and AdamW states).
+    assert {p.dtype for p in models.trainable} == {torch.bfloat16}
+    everything = [*pipe.transformer.parameters(), *pipe.vae.parameters(), *models.reward.parameters()]
+    assert all(p.device.type == "meta" for p in everything)  # created in place: nothing was allocated
+
+
+@pytest.mark.slow  # bf16 at FLUX.1-dev's widths: seconds with AVX512-BF16, about 20 minutes on an AVX2-only CPU
+def test_flux_dev_architecture_step_in_bf16(bench_step):
+    """FLUX.1-dev's widths, 1 + 1 blocks, 64 px: one whole step in bf16, as on the GPU."""
+    argv = [*FLUX_DEV_ONE_BLOCK, "--dtype", "bfloat16", "--resolution", "64", "--max_sequence_length", "16"]
+    (record,) = bench_step.main([*argv, "--rollout_steps", "1", *SMALL])
     _check_record(record, bench_step)
     assert record["config"]["lora_rank"] == 64
     assert 5e8 < record["params"]["transformer"] < 6e8  # 1 double + 1 single block of FLUX.1-dev
