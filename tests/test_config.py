@@ -83,3 +83,13 @@ def test_hf_argument_parser_parses_srpo_fields(tmp_path):
         ]
     )
     assert c.image_size == (48, 80) and c.rho == 0.8 and c.positive_control_words == ["Real", "Detail"]
+
+
+def test_model_init_kwargs_take_dtype_as_transformers_5_and_trl_spell_it(tmp_path):
+    for kwargs in ({"dtype": "bfloat16"}, {"torch_dtype": "bfloat16"}, {"dtype": "bfloat16", "torch_dtype": "bfloat16"}):
+        assert SRPOConfig(str(tmp_path), model_init_kwargs=kwargs).model_init_kwargs == {"torch_dtype": "bfloat16"}
+    assert SRPOConfig(str(tmp_path), model_init_kwargs='{"dtype": "auto"}').model_init_kwargs == {"torch_dtype": "auto"}
+    with pytest.raises(ValueError, match="give the dtype once, as dtype or as torch_dtype"):
+        SRPOConfig(str(tmp_path), model_init_kwargs={"dtype": "bfloat16", "torch_dtype": "float16"})
+    with pytest.raises(ValueError, match=r"torch_dtype='bf17' is not a torch dtype"):
+        SRPOConfig(str(tmp_path), model_init_kwargs={"dtype": "bf17"})

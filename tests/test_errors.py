@@ -35,6 +35,11 @@ def _report_timings():
         print(f"\nearly errors: {len(TIMINGS)} timed; slowest {slowest} after {TIMINGS[slowest]:.3f} s")
 
 
+def trl_style_reward(prompts, completions, **kwargs):
+    """A TRL reward function: scores text completions, not images."""
+    return [float(len(c)) for c in completions]
+
+
 def _never_loaded(tmp_path):
     return str(tmp_path / "pipeline-that-is-never-loaded")
 
@@ -121,6 +126,12 @@ def _trainer_cases(tmp_path):
             r"SRPOConfig.reward_weights has 2 values but there are 1 reward functions",
         ),
         ("reward_type", dict(reward_funcs=42), r"reward_funcs: expected a srpo_trl.rewards.Reward or a callable"),
+        (
+            "trl_text_reward",
+            dict(reward_funcs=trl_style_reward),
+            r"reward_funcs: trl_style_reward\(prompts, completions, \*\*kwargs\) looks like a TRL text reward.*"
+            r"fn\(images, prompts\) -> Tensor\[B\]",
+        ),
         ("output_dir", dict(args_overrides=dict(output_dir="FILE")), r"SRPOConfig.output_dir=.* cannot be written"),
     ]
 

@@ -17,6 +17,20 @@ REWARD_DTYPES = ("float32", "bfloat16", "float16")
 TRAINABLE_DTYPES = ("float32", "bfloat16", "auto")
 
 
+def _normalised_model_init_kwargs(kwargs: dict, fail) -> dict:
+    """`dtype` (transformers 5, TRL) or `torch_dtype` (diffusers) as the `torch_dtype` diffusers takes."""
+    kwargs = dict(kwargs)
+    if "dtype" in kwargs:
+        dtype = kwargs.pop("dtype")
+        if kwargs.get("torch_dtype", dtype) != dtype:
+            fail("model_init_kwargs", {**kwargs, "dtype": dtype}, "give the dtype once, as dtype or as torch_dtype")
+        kwargs["torch_dtype"] = dtype
+    dtype = kwargs.get("torch_dtype")
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        fail("model_init_kwargs", kwargs, f"torch_dtype={dtype!r} is not a torch dtype (e.g. 'bfloat16', 'auto')")
+    return kwargs
+
+
 @dataclass
 class SRPOConfig(TrainingArguments):
     r"""
@@ -30,7 +44,8 @@ class SRPOConfig(TrainingArguments):
 
         model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
             Keyword arguments for `DiffusionPipeline.from_pretrained`, used when the `model` argument of the
-            [`SRPOTrainer`] is a hub id or a path. `torch_dtype` may be a string such as `"bfloat16"`.
+            [`SRPOTrainer`] is a hub id or a path. The dtype may be given as `dtype` (transformers 5 and TRL) or
+            `torch_dtype` (diffusers), as a string such as `"bfloat16"` or `"auto"`.
         trainable_dtype (`str`, *optional*, defaults to `"float32"`):
             Dtype of the trainable parameters (the LoRA, or the whole transformer in full fine-tuning) and so of the
             optimizer's states, whatever dtype the pipeline was loaded in: `"float32"` keeps fp32 master weights, as
@@ -75,6 +90,12 @@ class SRPOConfig(TrainingArguments):
             prompt, so a changed encoder never reuses a stale embedding.
         release_text_encoders (`bool`, *optional*, defaults to `True`):
             After caching, move the text encoders to the CPU, freeing their accelerator memory (T5-XXL: 9.5 GB).
+        text_embedding_cache_memory_mb (`float`, *optional*, defaults to `4096`):
+            Most MiB of text embeddings each process keeps in RAM (FLUX.1: 4.2 MB a prompt, so about 1,000
+            prompts). When the datasets' prompts fit, they are all encoded before training and the text encoders
+            are released; when they do not, prompts are encoded when first needed and kept in a least-recently-used
+            cache under this budget, and the text encoders stay on the accelerator, unless `text_embedding_cache_dir`
+            is set: then every prompt is precomputed to disk (each process its share) and the encoders are released.
 
         > Parameters that control the rollout
 
@@ -235,6 +256,13 @@ class SRPOConfig(TrainingArguments):
     release_text_encoders: bool = field(
         default=True,
         metadata={"help": "After caching, move the text encoders to the CPU (frees ~9.5 GB for FLUX.1-dev)."},
+    )
+    text_embedding_cache_memory_mb: float = field(
+        default=4096,
+        metadata={
+            "help": "Most MiB of text embeddings kept in RAM per process (FLUX.1: 4.2 MB a prompt). Prompts beyond "
+            "it are encoded when first needed (LRU), or precomputed to text_embedding_cache_dir when set."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the trainer reads the columns it needs itself."}
@@ -419,6 +447,9 @@ class SRPOConfig(TrainingArguments):
             fail("learning_rate", self.learning_rate, "must be positive")
         if self.max_sequence_length < 1:
             fail("max_sequence_length", self.max_sequence_length, "must be at least 1")
+        budget = self.text_embedding_cache_memory_mb
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < math.inf:
+            fail("text_embedding_cache_memory_mb", budget, "expected a finite number of MiB >= 0")
         if self.control_words is not None:
             preset = control_word_preset(self.control_words)
             given = (list(self.positive_control_words), list(self.negative_control_words))
@@ -441,6 +472,8 @@ class SRPOConfig(TrainingArguments):
             # Emptiness is checked by the trainer: image-only rewards need no control words.
             if not all(isinstance(w, str) and w.strip() for w in words):
                 fail(name, words, "expected a list of non-empty strings")
+        if self.model_init_kwargs is not None:
+            self.model_init_kwargs = _normalised_model_init_kwargs(self.model_init_kwargs, fail)
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
         if self.hinge_threshold is not None:

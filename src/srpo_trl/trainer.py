@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 SAMPLES_DIR = "samples"  # sample images shown by the model card
 
 RewardLike = Reward | Callable | str
+_SQUARES = "::squares"  # suffix of the recorded mean squares a metric's standard deviation is computed from
+
+
+def _std_name(key: str) -> str:
+    """TRL's names: `reward` -> `reward_std`, `rewards/{name}/mean` -> `rewards/{name}/std`."""
+    return key.removesuffix("/mean") + "/std" if key.endswith("/mean") else key + "_std"
 
 
 def load_pipeline(model, model_init_kwargs: dict | None):
@@ -345,24 +351,40 @@ class SRPOTrainer(Trainer):
             reward.to(device)
 
     def _build_text_cache(self, train_dataset, eval_dataset) -> TextEmbeddingCache:
-        """Encode the datasets' prompts once and release the text encoders (see `srpo_trl.text_cache`)."""
+        """Precompute the datasets' prompts within the cache's memory budget (or to its disk folder), and release the
+        text encoders when every prompt is cached (see `srpo_trl.text_cache`)."""
         args = self.args
-        cache = TextEmbeddingCache(self.adapter, self.accelerator.device, args.text_embedding_cache_dir)
-        if not args.cache_text_embeddings:
-            cache.keep_new_prompts = False
-            return cache
+        if not args.cache_text_embeddings:  # no cache at all: every prompt is encoded at every use
+            return TextEmbeddingCache(self.adapter, self.accelerator.device, memory_budget_mb=0)
+        cache = TextEmbeddingCache(
+            self.adapter,
+            self.accelerator.device,
+            args.text_embedding_cache_dir,
+            memory_budget_mb=args.text_embedding_cache_memory_mb,
+        )
         column = args.dataset_prompt_column
         train_prompts = dataset_prompts(train_dataset, column)
         eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
         eval_prompts = [p for d in eval_sets for p in (dataset_prompts(d, column) or [])]
-        cache.precompute(
-            (train_prompts or []) + eval_prompts, self.accelerator.process_index, self.accelerator.num_processes
-        )
+        # The samples logged during training too, so that a complete cache spares the encoders every call.
+        prompts = (train_prompts or []) + eval_prompts + list(args.sample_prompts or [])
+        complete = cache.precompute(prompts, self.accelerator.process_index, self.accelerator.num_processes)
         self.accelerator.wait_for_everyone()  # a shared disk cache is complete before anyone reads it
         if train_prompts is None:
-            # A stream's prompts are unknown in advance: the encoders stay, and only a disk cache keeps them.
-            cache.keep_new_prompts = args.text_embedding_cache_dir is not None
+            # A stream's prompts are unknown in advance: they are encoded as they arrive, so the encoders stay.
             logger.warning("streamed train_dataset: prompts are encoded as they arrive; text encoders stay in place")
+        elif not complete:
+            # Lazy encoding needs the encoders at every step: running T5-XXL on the CPU, or moving its 9.5 GB to the
+            # accelerator and back, would cost seconds a step, so they stay (the warning names the ways out).
+            logger.warning(
+                "the text embeddings of %d prompts (about %.0f MiB) exceed text_embedding_cache_memory_mb=%s: prompts "
+                "are encoded when first needed and the text encoders stay on %s; set text_embedding_cache_dir to "
+                "precompute them to disk and release the encoders",
+                len(set(prompts)),
+                len(set(prompts)) * (cache.entry_bytes or 0) / 2**20,
+                args.text_embedding_cache_memory_mb,
+                self.accelerator.device,
+            )
         elif args.release_text_encoders:
             cache.release_encoders()
         return cache
@@ -519,8 +541,12 @@ class SRPOTrainer(Trainer):
                 active.append(r < tau)
                 self._record(f"rewards/{reward.name}/{branch}", r)
                 self._record(f"rewards/{reward.name}/{branch}_hinge_active", active[-1])
+                if branch == "denoise":  # TRL's names for the reward being maximised
+                    self._record(f"rewards/{reward.name}/mean", r, with_std=True)
             losses[branch] = hinge.mean()
             self._record(f"reward/{branch}", total)
+            if branch == "denoise":
+                self._record("reward", total, with_std=True)
             self._record(f"loss/{branch}", losses[branch])
             self._record(f"hinge_active/{branch}", torch.stack(active))
         self._rewards_checked = True
@@ -529,9 +555,15 @@ class SRPOTrainer(Trainer):
         self._record("levels/sigma", end[:batch])
         return losses
 
-    def _record(self, key: str, values: torch.Tensor, mode: str = "train") -> None:
-        """Keep this process's mean of a metric, on the device (no host sync, no collective in the step)."""
-        self._metrics[mode][key].append(values.detach().float().mean())
+    def _record(self, key: str, values: torch.Tensor, mode: str = "train", with_std: bool = False) -> None:
+        """Keep this process's mean of a metric, on the device (no host sync, no collective in the step).
+
+        `with_std` also keeps the mean square, from which the log gets the standard deviation over every sample.
+        """
+        values = values.detach().float()
+        self._metrics[mode][key].append(values.mean())
+        if with_std:
+            self._metrics[mode][key + _SQUARES].append(values.square().mean())
 
     def _gathered_metrics(self, mode: str) -> dict[str, float]:
         """Each recorded metric averaged over its steps and over all processes: one collective per log."""
@@ -541,8 +573,11 @@ class SRPOTrainer(Trainer):
         local = torch.stack([torch.stack(self._metrics[mode][k]).mean() for k in keys])
         # Every process records the same keys each step (and the same number of samples), so the mean of
         # the processes' means is the mean over all samples.
-        means = self.accelerator.gather(local).reshape(-1, len(keys)).mean(0).tolist()
-        return dict(zip(keys, means))
+        means = dict(zip(keys, self.accelerator.gather(local).reshape(-1, len(keys)).mean(0).tolist()))
+        for key in [k for k in keys if k.endswith(_SQUARES)]:  # std over all samples: sqrt(E[x^2] - E[x]^2)
+            base = key.removesuffix(_SQUARES)
+            means[_std_name(base)] = max(means.pop(key) - means[base] ** 2, 0.0) ** 0.5
+        return means
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # An explicit flag, not `self.model.training`: under regional compilation the Trainer switches modes on
@@ -617,17 +652,33 @@ class SRPOTrainer(Trainer):
     # ---------------------------------------------------------------- saving
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Write diffusers-loadable weights (LoRA safetensors or `transformer/`) and a model card."""
+        """Write diffusers-loadable weights (LoRA safetensors or `transformer/`) and a model card, on the main process.
+
+        `Trainer.save_model` calls this on every process. Under FSDP (FULL_STATE_DICT) and DeepSpeed it first gathers
+        the whole model with a collective every process joins, and passes it as `state_dict` (on the main process;
+        the others get an empty dict). That gathered dict is what is written: a sharded module's own `state_dict()`
+        holds only this process's shards. Without one (one process, DDP) the module itself is whole.
+        """
+        if not self.args.should_save:  # nothing left to join here: the gathering collective ran in save_model
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         transformer = self.accelerator.unwrap_model(self.model)
-        if self.peft_config is not None:
+        component = self.adapter.trainable_component
+        if state_dict is not None and not state_dict:
+            # DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer hands over an empty dict
+            # and writes DeepSpeed's own checkpoint instead (zero_to_fp32.py recovers the weights from it).
+            logger.warning("no gathered weights to save in %s: only DeepSpeed's checkpoint holds them", output_dir)
+        elif self.peft_config is not None:
             from peft.utils import get_peft_model_state_dict
 
+            lora = get_peft_model_state_dict(transformer, state_dict=state_dict)
             # The config goes with the weights: diffusers reloads a LoRA saved without it with lora_alpha = r.
-            self.adapter.save_lora_weights(output_dir, get_peft_model_state_dict(transformer), self.peft_config)
+            self.adapter.save_lora_weights(output_dir, lora, self.peft_config)
         else:
-            transformer.save_pretrained(os.path.join(output_dir, self.adapter.trainable_component))
+            from .checkpointing import save_transformer
+
+            save_transformer(transformer, os.path.join(output_dir, component), state_dict)
         torch.save(self._args_without_token(), os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
 

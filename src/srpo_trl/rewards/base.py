@@ -14,6 +14,7 @@ Each reward's scores live on their own scale, so each has its own hinge threshol
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -126,11 +127,27 @@ def image_only(fn: Callable | None = None, *, hinge_threshold: float | None = No
     return CallableReward(fn, text_conditioned=False, hinge_threshold=hinge_threshold)
 
 
+def _check_image_reward_signature(fn: Callable) -> None:
+    """Refuse a text reward in TRL's form, `fn(prompts, completions, **kwargs)`, with the signature to use instead."""
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # builtins and some C callables have no signature to read
+        return
+    if "completions" in names or names[:1] == ["prompts"]:
+        name = getattr(fn, "__name__", type(fn).__name__)
+        raise TypeError(
+            f"reward_funcs: {name}{inspect.signature(fn)} looks like a TRL text reward fn(prompts, completions, "
+            "**kwargs); srpo-trl's rewards score images: fn(images, prompts) -> Tensor[B], where images are float "
+            "[B, 3, H, W] in [0, 1] and the score must be differentiable in them"
+        )
+
+
 def as_reward(reward: Reward | Callable) -> Reward:
     """Accept a [`Reward`] as is and wrap any other callable in [`CallableReward`]."""
     if isinstance(reward, Reward):
         return reward
     if callable(reward):
+        _check_image_reward_signature(reward)
         return CallableReward(reward)
     raise TypeError(
         f"reward_funcs: expected a srpo_trl.rewards.Reward or a callable fn(images, prompts) -> Tensor[B], "
