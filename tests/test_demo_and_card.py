@@ -58,3 +58,33 @@ def test_model_card_reads_a_local_base_licence_and_full_fine_tune_snippet(tmp_pa
     data = card.data.to_dict()
     assert data["license"] == "apache-2.0" and "lora" not in data["tags"]
     assert "FluxTransformer2DModel.from_pretrained" in card.text and os.fspath(base) in card.text
+
+
+def test_flux2_full_fine_tune_card_loads_its_own_transformer_class_and_validates_locally(tmp_path):
+    card = build_model_card(
+        base_model="black-forest-labs/FLUX.2-dev",
+        lora=False,
+        repo_or_dir="me/flux2-srpo",
+        training_summary={"rho": 0.9},
+        pipeline_class="Flux2Pipeline",
+        transformer_class="Flux2Transformer2DModel",
+        samples=[("a red house", "samples/sample_0.png")],
+        sample_settings={"steps": 25, "guidance_scale": 4.0, "resolution": "720x720", "seed": 0},
+    )
+    text = card.text
+    assert "Flux2Transformer2DModel.from_pretrained(\"me/flux2-srpo\", subfolder=\"transformer\"" in text
+    assert "FluxTransformer2DModel" not in text and "guidance_scale=4.0)" in text
+    assert "<" not in text.split("## Citation")[0].replace("<br>", "")  # no placeholder text
+    path = tmp_path / "README.md"
+    card.save(path)
+    data = ModelCard.load(path).data.to_dict()  # the YAML header parses back into the Hub's fields
+    assert data["base_model"] == "black-forest-labs/FLUX.2-dev" and data["library_name"] == "diffusers"
+    assert data["widget"] == [{"text": "a red house", "output": {"url": "samples/sample_0.png"}}]
+    assert "lora" not in data["tags"] and "srpo" in data["tags"]
+
+
+def test_card_of_a_pipeline_built_in_code_says_so_without_placeholders():
+    card = build_model_card(base_model=None, lora=True, repo_or_dir="out", training_summary={})
+    assert "built in code" in card.text and "<base model>" not in card.text
+    assert "github.com" not in card.text  # no repository URL that nobody checked
+    assert {"lora", "template:sd-lora"} <= set(card.data.to_dict()["tags"])

@@ -88,8 +88,12 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         vae_slicing=False,
         disable_tqdm=False,
     )
+    # The untrained pipeline is saved first and trained from its folder, so that the model card names a base
+    # a person can load, and `srpo-trl eval` compares against it.
+    base = os.path.join(output_dir, "base")
+    demo_pipeline(seed).save_pretrained(base)
     trainer = SRPOTrainer(
-        model=demo_pipeline(seed),
+        model=base,
         reward_funcs=ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": TRAIN_PROMPTS}),
@@ -115,8 +119,6 @@ def run_demo(output_dir: str = "srpo-demo", max_steps: int = 300, seed: int = 0,
         "base pipeline": os.path.join(output_dir, "base"),
         "held-out prompts": os.path.join(output_dir, "eval_prompts.txt"),
     }
-    # The untrained tiny pipeline and the held-out prompts, so that `srpo-trl eval` can compare against the base.
-    demo_pipeline(seed).save_pretrained(files["base pipeline"])
     with open(files["held-out prompts"], "w") as f:
         f.write("\n".join(EVAL_PROMPTS) + "\n")
     image_grid([before_images, after_images], ["before", "after"]).save(files["before/after grid"])

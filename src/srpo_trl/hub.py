@@ -49,20 +49,32 @@ def base_model_license(base_model: str | None) -> dict[str, str]:
     return dict(KNOWN_LICENSES.get(base_model, {}))
 
 
-def _loading_snippet(base_model: str, repo_or_dir: str, lora: bool, pipeline_class: str, guidance: float) -> str:
+def _loading_snippet(
+    base_model: str | None, repo_or_dir: str, lora: bool, pipeline_class: str, transformer_class: str, guidance: float
+) -> str:
+    """How to load the result in a stock diffusers pipeline; the full fine-tune's transformer class is the family's."""
     prompt_line = f'image = pipe("a portrait photo of an old fisherman", guidance_scale={guidance}).images[0]'
+    if base_model is None:  # built in code: no id to load it by, so the snippet starts from the user's object
+        load_base = f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"
+        load_base_with_transformer = load_base + "\npipe.transformer = transformer"
+    else:
+        load_base = f'pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype=torch.bfloat16).to("cuda")'
+        load_base_with_transformer = (
+            f'pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, '
+            'torch_dtype=torch.bfloat16).to("cuda")'
+        )
     if lora:
         return f"""import torch
 from diffusers import {pipeline_class}
 
-pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype=torch.bfloat16).to("cuda")
+{load_base}
 pipe.load_lora_weights("{repo_or_dir}")
 {prompt_line}"""
     return f"""import torch
-from diffusers import {pipeline_class}, FluxTransformer2DModel
+from diffusers import {pipeline_class}, {transformer_class}
 
-transformer = FluxTransformer2DModel.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype=torch.bfloat16)
-pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, torch_dtype=torch.bfloat16).to("cuda")
+transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype=torch.bfloat16)
+{load_base_with_transformer}
 {prompt_line}"""
 
 
@@ -73,6 +85,7 @@ def build_model_card(
     repo_or_dir: str,
     training_summary: dict[str, object],
     pipeline_class: str = "FluxPipeline",
+    transformer_class: str = "FluxTransformer2DModel",
     reward_names: list[str] | None = None,
     samples: list[tuple[str, str]] | None = None,
     sample_settings: dict[str, object] | None = None,
@@ -85,6 +98,7 @@ def build_model_card(
         repo_or_dir: where users load the result from (hub repo id or output folder).
         training_summary: config values shown in the card's table.
         pipeline_class: the diffusers pipeline class that loads the result.
+        transformer_class: the diffusers class of its transformer (loads a full fine-tune's `transformer/`).
         reward_names: names of the reward functions used.
         samples: `(prompt, relative image path)` pairs; shown in the card and as the Hub's widget.
         sample_settings: how the samples were made (`steps`, `guidance_scale`, `resolution`, `seed`); stated under
@@ -96,7 +110,8 @@ def build_model_card(
         base_model=base_model if is_hub_id else None,
         library_name="diffusers",
         pipeline_tag="text-to-image",
-        tags=TAGS + (["lora"] if lora else []),
+        # diffusers' LoRA cards carry "lora" and "template:sd-lora" (the Hub's LoRA widget) besides the family.
+        tags=TAGS + (["lora", "template:sd-lora"] if lora else []),
         widget=[{"text": prompt, "output": {"url": path}} for prompt, path in samples] if samples else None,
         **license_meta,
     )
@@ -111,8 +126,13 @@ def build_model_card(
                 f"guidance {guidance}, {sample_settings['resolution']} px, seed {sample_settings['seed']}.\n\n"
             )
         gallery = "\n## Samples\n\n" + made_with + "\n".join(f"![{prompt}]({path})" for prompt, path in samples) + "\n"
-    base = base_model or "<base model>"
     kind = "a LoRA" if lora else "a full fine-tune of the transformer"
+    if is_hub_id:
+        origin = f"of [{base_model}](https://huggingface.co/{base_model})"
+    elif base_model:
+        origin = f"of the local pipeline `{base_model}`"
+    else:
+        origin = "of a pipeline built in code (no hub id or folder was recorded)"
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in training_summary.items())
     notice = ""
     if license_meta.get("license_name") == "flux-1-dev-non-commercial-license":
@@ -124,14 +144,14 @@ def build_model_card(
 
 # {os.path.basename(os.path.normpath(repo_or_dir))}
 
-This is {kind} of [{base}]({base}) trained with **SRPO** (Semantic Relative Preference Optimization
-with Direct-Align, [arXiv 2509.06942](https://huggingface.co/papers/2509.06942)) using
-[srpo-trl](https://github.com/srpo-trl/srpo-trl). Reward functions: {rewards}.
+This is {kind} {origin}, trained with **SRPO** (Semantic Relative Preference Optimization
+with Direct-Align, [arXiv 2509.06942](https://huggingface.co/papers/2509.06942)) using the srpo-trl
+library. Reward functions: {rewards}.
 
 ## Use it with diffusers
 
 ```python
-{_loading_snippet(base, repo_or_dir, lora, pipeline_class, guidance)}
+{_loading_snippet(base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance)}
 ```
 
 {gallery}

@@ -664,7 +664,6 @@ class SRPOTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         transformer = self.accelerator.unwrap_model(self.model)
-        component = self.adapter.trainable_component
         if state_dict is not None and not state_dict:
             # DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer hands over an empty dict
             # and writes DeepSpeed's own checkpoint instead (zero_to_fp32.py recovers the weights from it).
@@ -678,7 +677,7 @@ class SRPOTrainer(Trainer):
         else:
             from .checkpointing import save_transformer
 
-            save_transformer(transformer, os.path.join(output_dir, component), state_dict)
+            save_transformer(transformer, os.path.join(output_dir, self.adapter.trainable_component), state_dict)
         torch.save(self._args_without_token(), os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
 
@@ -897,16 +896,34 @@ class SRPOTrainer(Trainer):
         """`load_best_model_at_end`: the best checkpoint's weights, read as [`_load_from_checkpoint`] reads them.
 
         Private override because the Trainer's own looks for transformers' or peft's file names, not the diffusers
-        layout our checkpoints have, and would only log that it found nothing.
+        layout our checkpoints have, and would only log that it found nothing. Under DeepSpeed the Trainer's own is
+        right (it reads DeepSpeed's checkpoint into the partitioned model), and is used.
         """
+        if self.is_deepspeed_enabled:
+            super()._load_best_model()
+            return
         logger.info("loading the best checkpoint %s (%s = %s)", self.state.best_model_checkpoint,
                     self.args.metric_for_best_model, self.state.best_metric)  # fmt: skip
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Load the trainable weights of a checkpoint written by [`_save_checkpoint`]."""
-        transformer = self.accelerator.unwrap_model(model if model is not None else self.model)
+        """Load the trainable weights of a checkpoint written by [`_save_checkpoint`].
+
+        Private override because the Trainer's own reads transformers' or peft's file names, not the diffusers layout
+        of our weights. Under FSDP the Trainer's own is used after all: the checkpoint also holds accelerate's FSDP
+        model files (written with the optimizer's), which accelerate's `load_fsdp_model` puts into the sharded
+        model; with FSDP2 and FULL_STATE_DICT, read on the main process and broadcast into every process's shards
+        (`set_model_state_dict(full_state_dict=True, broadcast_from_rank0=True)`).
+        """
         component = self.adapter.trainable_component
+        if self.is_fsdp_enabled:
+            from .checkpointing import check_lora_checkpoint_config
+
+            if self.peft_config is not None:  # a LoRA of another rank or scale fails here with a clear message
+                check_lora_checkpoint_config(self.accelerator.unwrap_model(self.model), resume_from_checkpoint, component)
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        transformer = self.accelerator.unwrap_model(model if model is not None else self.model)
         if self.peft_config is not None:
             load_lora_checkpoint(transformer, resume_from_checkpoint, component)
         else:
@@ -956,6 +973,7 @@ class SRPOTrainer(Trainer):
             repo_or_dir=repo_or_dir,
             training_summary=summary,
             pipeline_class=type(self.pipeline).__name__,
+            transformer_class=type(self.accelerator.unwrap_model(self.model)).__name__,
             reward_names=[r.name for r in self.rewards],
         )
 
