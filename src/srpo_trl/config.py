@@ -162,8 +162,8 @@ class SRPOConfig(TrainingArguments):
         > Parameters that control progress reports and artefacts
 
         sample_prompts (`list[str]`, *optional*):
-            Prompts whose images (same seed each time) are logged to the trackers of `report_to` (tensorboard,
-            wandb) every `sample_steps` steps and at the end of training, when they are also written to
+            Prompts whose images (same seed each time) are logged to the trackers of `report_to` (`"trackio"`,
+            TRL's recommended tracker, `"tensorboard"`, `"wandb"`) every `sample_steps` steps and at the end of training, when they are also written to
             `output_dir/samples/` for the model card.
         sample_guidance_scale (`float`, *optional*, defaults to `3.5`):
             Guidance of the sample images (FLUX.1-dev's inference default, the value the model card's loading

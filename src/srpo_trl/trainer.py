@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from . import direct_align
 from .attention import training_attention
+from .callbacks import SamplesAndRewardCurve, StopOnSignal, log_images_to_trackers
 from .checkpointing import (
     LORA_WEIGHTS_NAME,
     STAGING_DIR_NAME,
@@ -261,9 +262,9 @@ class SRPOTrainer(Trainer):
         self._nonfinite_guard: NonFiniteGuard | None = None
         self._hinge_watch = InactiveHingeWatch(dict(zip((r.name for r in self.rewards), self.hinge_thresholds)))
         self._interruption = InterruptionHandler()
-        self.add_callback(_StopOnSignal(self))
+        self.add_callback(StopOnSignal(self))
         # First in line, so that at the end of training the trackers' writers are still open for the last samples.
-        self.callback_handler.callbacks.insert(0, _SamplesAndRewardCurve(self))
+        self.callback_handler.callbacks.insert(0, SamplesAndRewardCurve(self))
 
     # ------------------------------------------------------------------ set-up
 
@@ -768,25 +769,7 @@ class SRPOTrainer(Trainer):
         images = self.generate(prompts, seed=self.args.seed, guidance_scale=self.args.sample_guidance_scale)
         if not self.is_world_process_zero():
             return
-        step = self.state.global_step
-        for callback in self.callback_handler.callbacks:
-            writer = getattr(callback, "tb_writer", None)  # transformers' TensorBoardCallback
-            if writer is not None:
-                writer.add_images("samples", images.float().cpu(), step)
-                writer.flush()
-            run = getattr(callback, "_wandb", None)  # transformers' WandbCallback
-            if run is not None and getattr(callback, "_initialized", False):
-                from .plotting import to_pil
-
-                run.log({"samples": [run.Image(to_pil(x), caption=p) for x, p in zip(images, prompts)]}, commit=False)
-
-    def _write_reward_curve(self) -> None:
-        from .plotting import reward_curve
-
-        keys = ["reward/denoise", "reward/inversion", "eval_reward"]
-        if any(k in row for row in self.state.log_history for k in keys):
-            path = os.path.join(self.args.output_dir, "reward_curve.png")
-            reward_curve(self.state.log_history, keys, title="SRPO reward").save(path)
+        log_images_to_trackers(self.callback_handler.callbacks, images, prompts, self.state.global_step)
 
     # ------------------------------------------------------------------ guards
 
@@ -976,36 +959,3 @@ class SRPOTrainer(Trainer):
             transformer_class=type(self.accelerator.unwrap_model(self.model)).__name__,
             reward_names=[r.name for r in self.rewards],
         )
-
-
-class _StopOnSignal(TrainerCallback):
-    """After each step: if any process got SIGTERM/SIGINT, save a checkpoint now and stop."""
-
-    def __init__(self, trainer: SRPOTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer._on_any_process(self.trainer._interruption.received is not None):
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-
-class _SamplesAndRewardCurve(TrainerCallback):
-    """Sample images every `sample_steps` and at the end; the reward-curve plot at the end of training."""
-
-    def __init__(self, trainer: SRPOTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if args.sample_prompts and args.sample_steps and state.global_step % args.sample_steps == 0:
-            self.trainer.log_samples()
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if args.sample_prompts:
-            self.trainer.log_samples()
-            self.trainer.save_samples(args.sample_prompts, seed=args.seed)
-        if args.plot_reward_curve and self.trainer.is_world_process_zero():
-            self.trainer._write_reward_curve()
-        return control
