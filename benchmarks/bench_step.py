@@ -1,9 +1,8 @@
 """Time, memory and model-FLOPs utilisation of ONE SRPO training step, phase by phase.
 
-The step is `SRPOTrainer.compute_loss` plus the backward pass and the optimiser step, written out with the
-library's own pieces (`FluxAdapter.sample_noise/velocity/decode`, `direct_align.euler_sample/add_noise/
-euler_step/recover_x0/hinge_loss`, `TrainingWindow` levels, `CLIPReward.srp` with control words), so the
-benched maths is the trainer's maths:
+The step is the trainer's own: `srpo_trl.step.SRPOStep`, whose phases (`rollout`, `draw_levels`,
+`branch_batch`, `recover`, `decode`, `reward_losses`) `SRPOTrainer.compute_loss` runs in one go and this script
+times one by one from outside, plus the backward pass and the optimiser step:
 
 | phase | what runs |
 | --- | --- |
@@ -23,10 +22,10 @@ Every phase is bracketed by device synchronisations. Text encoding is NOT timed:
 computed once per case, as the trainer's text cache (`srpo_trl.text_cache`) computes them once per prompt.
 
 Precision (`--dtype bfloat16`): every model's weights are bf16 (the trainable LoRA or transformer too) and the
-step runs under `torch.autocast(bfloat16)`, which is what `SRPOTrainer(bf16=True)` does with a pipeline loaded
-in bf16 (peft creates the LoRA in the base layer's dtype); AdamW then keeps its states in bf16. The recipe's
-fp32 master weights (pipeline loaded in fp32 + autocast) cost 2x the transformer's memory; see
-`full_finetune_memory_estimate`. `--reward_dtype` (default: `--dtype`) sets the reward model's weights.
+step runs under `torch.autocast(bfloat16)`: pure bf16, what `SRPOTrainer(trainable_dtype="bfloat16")` does;
+AdamW then keeps its states in bf16. The trainer's default since 2026-12 keeps the trainable weights in fp32
+(fp32 master weights: 8 more bytes per trainable parameter), so the GPU figures recorded with this script
+before then are for pure bf16; see `full_finetune_memory_estimate`. `--reward_dtype` (default: `--dtype`) sets the reward model's weights.
 
 Model FLOPs and MFU. Forward FLOPs are counted once per case with `torch.utils.flop_counter.FlopCounterMode`
 (matrix products, convolutions and attention; attention through the math SDPA backend so that it is counted on
@@ -446,14 +445,13 @@ class PhaseTimer:
 
 @dataclass
 class StepContext:
-    """Everything one case's steps share: models, cached text, grids, optimiser."""
+    """Everything one case's steps share: models, cached text, the SRPO step itself, optimiser."""
 
     models: Models
     args: argparse.Namespace
     prompts: list[str]
     text: dict[str, torch.Tensor]
-    rollout_sigmas: torch.Tensor
-    window: object
+    step: object  # srpo_trl.step.SRPOStep: the trainer's own step, timed phase by phase from outside
     optimizer: torch.optim.Optimizer | None
 
     def autocast(self):
@@ -462,74 +460,48 @@ class StepContext:
         return nullcontext()
 
 
-def make_context(models: Models, args, optimizer=None) -> StepContext:
+def make_step(adapter, reward, args):
+    """The trainer's `SRPOStep` for one reward at the recipe's settings (the reward's own hinge threshold)."""
     from srpo_trl import direct_align
+    from srpo_trl.step import SRPOStep
 
-    adapter = models.adapter
-    height = width = args.resolution
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch_size)]
-    text = adapter.encode_prompts(prompts, models.device)  # once per case: text encoding is not timed
-    shift = adapter.default_time_shift(height, width)
-    return StepContext(
-        models=models,
-        args=args,
-        prompts=prompts,
-        text=text,
-        rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
+    shift = adapter.default_time_shift(args.resolution, args.resolution)
+    return SRPOStep(
+        adapter=adapter,
         window=direct_align.TrainingWindow(shift=shift),
-        optimizer=optimizer,
+        rewards=[reward],
+        reward_weights=[1.0],
+        hinge_thresholds=[reward.hinge_threshold],
+        rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
+        height=args.resolution,
+        width=args.resolution,
     )
 
 
-def srp_loss(ctx: StepContext, images, levels, step_index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Both branches' SRP rewards and the summed hinge loss, as `SRPOTrainer.compute_loss` computes them."""
-    from srpo_trl import direct_align
-
-    batch, device = len(ctx.prompts), ctx.models.device
-    positive = POSITIVE_WORDS[step_index % len(POSITIVE_WORDS)]
-    negative = NEGATIVE_WORDS[step_index % len(NEGATIVE_WORDS)]
-    loss, rewards = torch.zeros((), device=device), []
-    for i, (branch, words) in enumerate([("denoise", (positive, negative)), ("inversion", (negative, positive))]):
-        discount = torch.tensor([getattr(lv, f"{branch}_discount") for lv in levels], device=device)
-        r = ctx.models.reward.srp(images[i * batch : (i + 1) * batch], ctx.prompts, *words, discount).float()
-        loss = loss + direct_align.hinge_loss(r, 0.7).mean()
-        rewards.append(r.detach())
-    return loss, rewards
+def make_context(models: Models, args, optimizer=None) -> StepContext:
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch_size)]
+    text = models.adapter.encode_prompts(prompts, models.device)  # once per case: text encoding is not timed
+    step = make_step(models.adapter, models.reward, args)
+    return StepContext(models=models, args=args, prompts=prompts, text=text, step=step, optimizer=optimizer)
 
 
-def branch_inputs(ctx: StepContext, x0, eps, generator):
-    """Levels per sample and both branches' starting states, denoise first (as in `compute_loss`)."""
-    from srpo_trl import direct_align
-
-    batch, device = x0.shape[0], ctx.models.device
-    levels = [ctx.window.levels_for(ctx.window.sample_m(generator)) for _ in range(batch)]
-    start = torch.tensor([getattr(lv, f"{b}_from") for b in ("denoise", "inversion") for lv in levels], device=device)
-    end = torch.tensor([getattr(lv, f"{b}_to") for b in ("denoise", "inversion") for lv in levels], device=device)
-    x0_rep, eps_rep = x0.repeat(2, 1, 1), eps.repeat(2, 1, 1)
-    text_rep = {k: v.repeat(2, *[1] * (v.ndim - 1)) for k, v in ctx.text.items()}
-    return levels, start, end, direct_align.add_noise(x0_rep, eps_rep, start), eps_rep, text_rep
+def control_words(step_index: int) -> tuple[str, str]:
+    """The step's (positive, negative) control words, cycled by step as the trainer does."""
+    return POSITIVE_WORDS[step_index % len(POSITIVE_WORDS)], NEGATIVE_WORDS[step_index % len(NEGATIVE_WORDS)]
 
 
 def rollout(ctx: StepContext, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The rollout phase: noise `eps` and the clean latents `x0` from it, without gradient."""
-    from srpo_trl import direct_align
-
-    models, adapter, size = ctx.models, ctx.models.adapter, (ctx.args.resolution, ctx.args.resolution)
+    models, size = ctx.models, (ctx.args.resolution, ctx.args.resolution)
     with torch.no_grad(), ctx.autocast():
-        eps = adapter.sample_noise(len(ctx.prompts), *size, generator, models.device)
-
-        def velocity(x, sigma):
-            return adapter.velocity(models.runner, x, sigma, ctx.text, 1.0, *size)
-
-        return eps, direct_align.euler_sample(velocity, eps, ctx.rollout_sigmas)
+        eps = models.adapter.sample_noise(len(ctx.prompts), *size, generator, models.device)
+        return eps, ctx.step.rollout(models.runner, eps, ctx.text)
 
 
 def timed_step(ctx: StepContext, step_index: int) -> dict:
     """One SRPO step, phase by phase; returns the phase times, peaks and the step's total."""
-    from srpo_trl import direct_align
-
-    models, args, adapter = ctx.models, ctx.args, ctx.models.adapter
-    device, transformer, size = models.device, models.runner, (args.resolution, args.resolution)
+    models, args = ctx.models, ctx.args
+    device, transformer = models.device, models.runner
     timer = PhaseTimer(device)
     generator = torch.Generator().manual_seed(args.seed * 100_003 + step_index)
     _sync(device)
@@ -541,21 +513,27 @@ def timed_step(ctx: StepContext, step_index: int) -> dict:
     with timer("rollout"):
         eps, x0 = rollout(ctx, generator)
 
+    # The trainer's step (`SRPOStep.losses`), phase by phase, with the graph cut between phases so that each
+    # phase's backward is timed on its own.
+    rewards = {}
+
+    def record(key, values, with_std=False):
+        rewards[key] = values.detach()
+
     with timer("transformer_forward"):
         with ctx.autocast():
-            levels, start, end, x_start, eps_rep, text_rep = branch_inputs(ctx, x0, eps, generator)
-            v = adapter.velocity(transformer, x_start, start, text_rep, 3.5, *size)
-            x_end = direct_align.euler_step(x_start, v.float(), start, end)
-            latents = direct_align.recover_x0(x_end, eps_rep, end)
+            levels = ctx.step.draw_levels(generator, len(ctx.prompts), 0, len(ctx.prompts))
+            branches = ctx.step.branch_batch(x0, eps, ctx.text, levels, control_words(step_index))
+            latents = ctx.step.recover(transformer, branches)
         latents_cut = latents.detach().requires_grad_()
 
     with timer("vae_decode_forward"):
         with ctx.autocast():
-            images = adapter.decode(latents_cut, *size)
+            images = ctx.step.decode(latents_cut)
         images_cut = images.detach().requires_grad_()
 
     with timer("reward_forward"), ctx.autocast():
-        loss, rewards = srp_loss(ctx, images_cut, levels, step_index)
+        loss = sum(ctx.step.reward_losses(images_cut, ctx.prompts, branches, record).values())
 
     with timer("reward_backward"):
         loss.backward()
@@ -563,7 +541,7 @@ def timed_step(ctx: StepContext, step_index: int) -> dict:
         torch.autograd.backward(images, images_cut.grad)
     with timer("transformer_backward"):
         torch.autograd.backward(latents, latents_cut.grad)
-        del v, x_end, latents, images
+        del latents, images
 
     with timer("optimizer_step"):
         grad_norm = torch.nn.utils.clip_grad_norm_(models.trainable, args.max_grad_norm)
@@ -581,8 +559,8 @@ def timed_step(ctx: StepContext, step_index: int) -> dict:
         "allocated_before": allocated_before,
         "loss": float(loss.detach()),
         "grad_norm": float(grad_norm),  # before clipping
-        "reward_denoise": float(rewards[0].mean()),
-        "reward_inversion": float(rewards[1].mean()),
+        "reward_denoise": float(rewards["reward/denoise"].mean()),
+        "reward_inversion": float(rewards["reward/inversion"].mean()),
     }
 
 
@@ -593,8 +571,6 @@ def count_forward_flops(ctx: StepContext) -> dict[str, int]:
     """Forward FLOPs of each model on the step's shapes, counted once (no gradient; math attention)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
-
-    from srpo_trl import direct_align
 
     models, args, adapter = ctx.models, ctx.args, ctx.models.adapter
     device, transformer, size = models.device, models.transformer, (args.resolution, args.resolution)
@@ -611,13 +587,11 @@ def count_forward_flops(ctx: StepContext) -> dict[str, int]:
         eps = adapter.sample_noise(len(ctx.prompts), *size, generator, device)
         sigma = torch.ones(eps.shape[0], device=device)
         counted("transformer_forward_B", lambda: adapter.velocity(transformer, eps, sigma, ctx.text, 1.0, *size))
-        levels, start, end, x_start, eps_rep, text_rep = branch_inputs(ctx, eps, eps, generator)
-        v = counted(
-            "transformer_forward_2B", lambda: adapter.velocity(transformer, x_start, start, text_rep, 3.5, *size)
-        )
-        latents = direct_align.recover_x0(direct_align.euler_step(x_start, v.float(), start, end), eps_rep, end)
-        images = counted("vae_decode_forward_2B", lambda: adapter.decode(latents, *size))
-        counted("reward_forward_2B", lambda: srp_loss(ctx, images, levels, 0))
+        levels = ctx.step.draw_levels(generator, len(ctx.prompts), 0, len(ctx.prompts))
+        branches = ctx.step.branch_batch(eps, eps, ctx.text, levels, control_words(0))
+        latents = counted("transformer_forward_2B", lambda: ctx.step.recover(transformer, branches))
+        images = counted("vae_decode_forward_2B", lambda: ctx.step.decode(latents))
+        counted("reward_forward_2B", lambda: ctx.step.reward_losses(images, ctx.prompts, branches))
         counted("reward_image_forward_2B", lambda: models.reward.embed_images(images))
     return out
 
@@ -831,7 +805,7 @@ def compare_trainer(args) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
-    from srpo_trl import SRPOConfig, SRPOTrainer, direct_align
+    from srpo_trl import SRPOConfig, SRPOTrainer
     from srpo_trl.testing import tiny_clip_reward, tiny_flux_pipeline
 
     device = torch.device(args.device)
@@ -858,14 +832,11 @@ def compare_trainer(args) -> dict:
             bare_ctx.text = text
             generator = torch.Generator().manual_seed(step_index)
             eps = adapter.sample_noise(len(bare_ctx.prompts), *size, generator, device)
-            with torch.no_grad():
-                x0 = direct_align.euler_sample(
-                    lambda x, s: adapter.velocity(transformer, x, s, text, 1.0, *size), eps, bare_ctx.rollout_sigmas
-                )
-            levels, start_, end, x_start, eps_rep, text_rep = branch_inputs(bare_ctx, x0, eps, generator)
-            v = adapter.velocity(transformer, x_start, start_, text_rep, 3.5, *size)
-            latents = direct_align.recover_x0(direct_align.euler_step(x_start, v.float(), start_, end), eps_rep, end)
-            loss, _ = srp_loss(bare_ctx, adapter.decode(latents, *size), levels, step_index)
+            x0 = bare_ctx.step.rollout(transformer, eps, text)
+            batch = len(bare_ctx.prompts)
+            levels = bare_ctx.step.draw_levels(generator, batch, 0, batch)
+            words = control_words(step_index)
+            loss = sum(bare_ctx.step.losses(transformer, x0, eps, text, bare_ctx.prompts, levels, words).values())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(bare_models.trainable, args.max_grad_norm)
         bare_ctx.optimizer.step()

@@ -137,3 +137,59 @@ def test_compare_trainer_is_tiny_only(bench_step):
         bench_step.parse_args(["--model", "flux-dev", "--compare_trainer"])
     with pytest.raises(SystemExit):
         bench_step.parse_args(["--resolution", "72"])
+
+
+class _GradientCapture:
+    """An optimizer stand-in for `timed_step`: keeps the gradients it is asked to step with, changes nothing."""
+
+    def __init__(self, params):
+        self.params, self.grads = params, None
+
+    def step(self):
+        self.grads = [p.grad.detach().clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+def test_bench_step_times_the_trainers_own_step(bench_step, tmp_path):
+    """The benchmark's phase-by-phase step (graph cut between phases) and `SRPOTrainer.compute_loss` (one
+    backward) give the same loss and gradients from the same noise and levels."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from srpo_trl import SRPOConfig, SRPOTrainer
+    from srpo_trl.testing import tiny_clip_reward, tiny_flux_pipeline
+
+    args = bench_step.parse_args(["--model", "tiny", "--rollout_steps", "2", "--batch_size", "2", *SMALL])
+    prompts = bench_step.PROMPTS[:2]
+    trainer = SRPOTrainer(
+        tiny_flux_pipeline(0),
+        tiny_clip_reward(0, scale=1.0, name="hps"),
+        args=SRPOConfig(
+            str(tmp_path), resolution=64, rollout_steps=2, max_sequence_length=args.max_sequence_length,
+            positive_control_words=bench_step.POSITIVE_WORDS, negative_control_words=bench_step.NEGATIVE_WORDS,
+            transformer_gradient_checkpointing=False, vae_gradient_checkpointing=False, report_to="none",
+        ),
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        peft_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian"),
+    )  # fmt: skip
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    models = bench_step.Models(
+        key=None, pipe=trainer.pipeline, adapter=trainer.adapter, reward=trainer.rewards[0], device=torch.device("cpu")
+    )
+    text = trainer.adapter.encode_prompts(prompts, models.device)
+    capture = _GradientCapture(params)
+    ctx = bench_step.StepContext(models, args, prompts, text, trainer.step, capture)
+    result = bench_step.timed_step(ctx, step_index=0)
+
+    # The trainer's step with the generator the benchmark used for its noise and levels (drawn in the same order).
+    trainer._step_generator = lambda: torch.Generator().manual_seed(args.seed * 100_003)
+    trainer.state.global_step = 0  # the same control words
+    loss = trainer.compute_loss(trainer.model, {"prompt": prompts})
+    grads = torch.autograd.grad(loss, params)
+    assert loss.item() == pytest.approx(result["loss"], rel=1e-6)
+    for mine, benched in zip(grads, capture.grads):
+        torch.testing.assert_close(mine, benched, rtol=1e-5, atol=1e-8)
+    assert sum(g.norm() for g in grads) > 0

@@ -47,13 +47,13 @@ def test_generate_runs_without_dropout_and_restores_train_mode(config):
 def test_the_training_rollout_is_deterministic_while_the_branches_train(config):
     trainer = _trainer(config, max_steps=2)
     seen = []
-    rollout = trainer._rollout
+    rollout = trainer.step.rollout
 
-    def spy(model, eps, text, guidance_scale):
+    def spy(model, eps, text, guidance_scale=None):
         seen.append(_dropouts_training(model))
         return rollout(model, eps, text, guidance_scale)
 
-    trainer._rollout = spy
+    trainer.step.rollout = spy
     trainer.train()
     assert len(seen) == 2 and all(flags and not any(flags) for flags in seen)  # dropout off in every rollout
     assert all(_dropouts_training(trainer.model))  # and on again for the training calls

@@ -31,13 +31,7 @@ from .checkpointing import (
 )
 from .config import SRPOConfig
 from .data import check_columns, check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
-from .guards import (
-    InactiveHingeWatch,
-    InterruptionHandler,
-    NonFiniteGuard,
-    check_reward_output,
-    check_rewards_on_first_batch,
-)
+from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
 from .hub import build_model_card
 from .integrations import adapt_tracker_callbacks
 from .models import check_model_index, get_adapter
@@ -45,6 +39,7 @@ from .module_state import cast_trainable_parameters, eval_mode
 from .quantization import quantize_frozen_base
 from .rewards import Reward, as_reward, load_reward, srp_score
 from .rewards.base import IMAGE_ONLY_NOTICE
+from .step import SRPOStep
 from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
@@ -215,8 +210,7 @@ class SRPOTrainer(Trainer):
                 f"{g} for this pipeline"
             )
         shift = args.time_shift or self.adapter.default_time_shift(self.height, self.width)
-        self.rollout_sigmas = direct_align.shifted_grid(args.rollout_steps, shift).float()
-        self.window = direct_align.TrainingWindow(
+        window = direct_align.TrainingWindow(
             grid_steps=args.window_grid_steps,
             start_index=args.window_start_index,
             end_index=args.window_end_index,
@@ -225,6 +219,19 @@ class SRPOTrainer(Trainer):
             rho=args.rho,
             denoise_discount=tuple(args.denoise_discount),
             inversion_discount=tuple(args.inversion_discount),
+        )
+        self.step = SRPOStep(
+            adapter=self.adapter,
+            window=window,
+            rewards=self.rewards,
+            reward_weights=self.reward_weights,
+            hinge_thresholds=self.hinge_thresholds,
+            rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
+            height=self.height,
+            width=self.width,
+            rollout_guidance_scale=args.rollout_guidance_scale,
+            train_guidance_scale=args.train_guidance_scale,
+            use_inversion_branch=args.use_inversion_branch,
         )
 
         if args.quantize_base is not None and peft_config is None:
@@ -375,14 +382,15 @@ class SRPOTrainer(Trainer):
             # A stream's prompts are unknown in advance: they are encoded as they arrive, so the encoders stay.
             logger.warning("streamed train_dataset: prompts are encoded as they arrive; text encoders stay in place")
         elif not complete:
+            count = len(set(prompts))
             # Lazy encoding needs the encoders at every step: running T5-XXL on the CPU, or moving its 9.5 GB to the
             # accelerator and back, would cost seconds a step, so they stay (the warning names the ways out).
             logger.warning(
                 "the text embeddings of %d prompts (about %.0f MiB) exceed text_embedding_cache_memory_mb=%s: prompts "
                 "are encoded when first needed and the text encoders stay on %s; set text_embedding_cache_dir to "
                 "precompute them to disk and release the encoders",
-                len(set(prompts)),
-                len(set(prompts)) * (cache.entry_bytes or 0) / 2**20,
+                count,
+                count * (cache.entry_bytes or 0) / 2**20,
                 args.text_embedding_cache_memory_mb,
                 self.accelerator.device,
             )
@@ -421,15 +429,6 @@ class SRPOTrainer(Trainer):
 
     # -------------------------------------------------------------- sampling
 
-    @torch.no_grad()
-    def _rollout(self, model, eps, text, guidance_scale: float) -> torch.Tensor:
-        """Clean latents from `eps` along the shifted rollout grid, without gradient."""
-
-        def velocity(x, sigma):
-            return self.adapter.velocity(model, x, sigma, text, guidance_scale, self.height, self.width)
-
-        return direct_align.euler_sample(velocity, eps, self.rollout_sigmas)
-
     def _conditioning(self, prompts: list[str], reference_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Cached text embeddings, plus the reference images' latents for image-editing families."""
         conditioning = self.text_cache.get(prompts)
@@ -465,7 +464,7 @@ class SRPOTrainer(Trainer):
         if guidance_scale is None:
             guidance_scale = self.args.rollout_guidance_scale
         with training_attention(self.args.allow_cudnn_attention), eval_mode(self.model_wrapped):
-            x0 = self._rollout(self.model_wrapped, eps, text, guidance_scale)
+            x0 = self.step.rollout(self.model_wrapped, eps, text, guidance_scale)
             return self.adapter.decode(x0, self.height, self.width)
 
     # ------------------------------------------------------------ train step
@@ -477,83 +476,35 @@ class SRPOTrainer(Trainer):
         return sum(losses.values())
 
     def branch_losses(self, model, inputs) -> dict[str, torch.Tensor]:
-        """The SRPO loss of each branch (`{"denoise": ..., "inversion": ...}`) for one batch of prompts."""
+        """The SRPO loss of each branch (`{"denoise": ..., "inversion": ...}`) for one batch of prompts.
+
+        The data and the randomness are prepared here; the step itself is [`srpo_trl.step.SRPOStep.losses`].
+        """
         prompts = inputs["prompt"]
         batch = len(prompts)
         device = self.accelerator.device
-        args = self.args
         generator = self._step_generator()
 
-        # 1. Clean latent x0 (a rollout of the current model, or a real image offline) and its noise eps.
+        # Clean latents x0 (a rollout of the current model, or real images offline) and their noise eps.
         text = self._conditioning(prompts, inputs.get("reference_images"))
         # Every process draws the same numbers. The recipe shares eps and levels across processes; with
         # `per_process_noise` each takes its slice of a draw for the global batch, so that N processes x batch B
         # see exactly what one process x batch N*B would.
         draws, offset = batch, 0
-        if args.per_process_noise:
+        if self.args.per_process_noise:
             draws, offset = batch * self.accelerator.num_processes, batch * self.accelerator.process_index
         eps = self.adapter.sample_noise(draws, self.height, self.width, generator, device)[offset : offset + batch]
         if self.offline:
             x0 = self.adapter.encode_images(inputs["images"].to(device), self.height, self.width)
         else:
             with eval_mode(model):  # a deterministic rollout: no LoRA dropout
-                x0 = self._rollout(model, eps, text, args.rollout_guidance_scale)
-
-        # 2. Levels per sample; the branches go through the transformer as one batch, denoise first.
-        draws_m = [self.window.sample_m(generator) for _ in range(draws)]
-        levels = [self.window.levels_for(m) for m in draws_m[offset : offset + batch]]
-        positive, negative = self._control_words(self.state.global_step)
-        branches = [("denoise", (positive, negative))]
-        if args.use_inversion_branch:  # control words swapped: the regulariser against reward hacking
-            branches.append(("inversion", (negative, positive)))
-        n = len(branches)
-
-        def per_sample(attribute: str) -> list[float]:
-            return [getattr(lv, attribute) for lv in levels]
-
-        start = torch.tensor([s for b, _ in branches for s in per_sample(f"{b}_from")], device=device)
-        end = torch.tensor([s for b, _ in branches for s in per_sample(f"{b}_to")], device=device)
-        x0_rep, eps_rep = x0.repeat(n, 1, 1), eps.repeat(n, 1, 1)
-        text_rep = {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in text.items()}
-
-        # 3. One Euler step with gradient, exact recovery of x0, decode.
-        x_start = direct_align.add_noise(x0_rep, eps_rep, start)
-        v = self.adapter.velocity(model, x_start, start, text_rep, args.train_guidance_scale, self.height, self.width)
-        x_end = direct_align.euler_step(x_start, v.float(), start, end)
-        images = self.adapter.decode(direct_align.recover_x0(x_end, eps_rep, end), self.height, self.width)
-        if not self._rewards_checked:  # each reward's own scores, once, before SRP combines them
-            check_rewards_on_first_batch(self.rewards, images[:batch], prompts, positive, negative)
-
-        # 4. SRP reward per branch with its words and discount k, and each reward's hinge on its own scale.
-        losses = {}
-        for i, (branch, words) in enumerate(branches):
-            branch_images = images[i * batch : (i + 1) * batch]
-            discount = torch.tensor(per_sample(f"{branch}_discount"), device=device)
-            total = torch.zeros(batch, device=device)
-            hinge = torch.zeros(batch, device=device)
-            active = []
-            for reward, weight, tau in zip(self.rewards, self.reward_weights, self.hinge_thresholds):
-                r = reward.srp(branch_images, prompts, *words, discount, inversion=branch == "inversion")
-                if not self._rewards_checked:
-                    check_reward_output(reward.name, r, batch)
-                r = r.float()
-                total = total + weight * r
-                hinge = hinge + weight * direct_align.hinge_loss(r, tau)
-                active.append(r < tau)
-                self._record(f"rewards/{reward.name}/{branch}", r)
-                self._record(f"rewards/{reward.name}/{branch}_hinge_active", active[-1])
-                if branch == "denoise":  # TRL's names for the reward being maximised
-                    self._record(f"rewards/{reward.name}/mean", r, with_std=True)
-            losses[branch] = hinge.mean()
-            self._record(f"reward/{branch}", total)
-            if branch == "denoise":
-                self._record("reward", total, with_std=True)
-            self._record(f"loss/{branch}", losses[branch])
-            self._record(f"hinge_active/{branch}", torch.stack(active))
+                x0 = self.step.rollout(model, eps, text)
+        levels = self.step.draw_levels(generator, draws, offset, batch)
+        words = self._control_words(self.state.global_step)
+        losses = self.step.losses(
+            model, x0, eps, text, prompts, levels, words, self._record, check=not self._rewards_checked
+        )
         self._rewards_checked = True
-        self._record("levels/m", torch.tensor([float(lv.m) for lv in levels], device=device))
-        self._record("levels/gap", torch.tensor([float(lv.gap) for lv in levels], device=device))
-        self._record("levels/sigma", end[:batch])
         return losses
 
     def _record(self, key: str, values: torch.Tensor, mode: str = "train", with_std: bool = False) -> None:
@@ -903,7 +854,9 @@ class SRPOTrainer(Trainer):
             from .checkpointing import check_lora_checkpoint_config
 
             if self.peft_config is not None:  # a LoRA of another rank or scale fails here with a clear message
-                check_lora_checkpoint_config(self.accelerator.unwrap_model(self.model), resume_from_checkpoint, component)
+                check_lora_checkpoint_config(
+                    self.accelerator.unwrap_model(self.model), resume_from_checkpoint, component
+                )
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             return
         transformer = self.accelerator.unwrap_model(model if model is not None else self.model)

@@ -1,28 +1,41 @@
 """Train the tiny pipeline a few steps and record, per process, the final trainable weights and the losses.
 
-    accelerate launch --cpu --num_processes 2 tests/scripts/distributed_train.py OUT BATCH [--shared_noise]
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/scripts/distributed_train.py \
+        OUT BATCH [--shared_noise]
     python tests/scripts/distributed_train.py OUT BATCH
+
+The training writes into OUT/run (a checkpoint after step 2, then `save_model()` on every process, as users call
+it); each process records there what it writes in OUT/writes-rank{r}.jsonl (tests/scripts/write_recorder.py).
 
 Used by tests/test_distributed.py.
 """
 
 import json
+import os
 import sys
 
-import torch
-from datasets import Dataset
-from peft import LoraConfig
+import write_recorder
 
-from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
-from srpo_trl.testing import tiny_srpo_config
+if __name__ == "__main__":  # before anything writes
+    RANK = int(os.environ.get("RANK", "0"))  # set by the launcher
+    write_recorder.install(os.path.join(sys.argv[1], f"writes-rank{RANK}.jsonl"), RANK)
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+
+from srpo_trl import ColorWordReward, SRPOTrainer  # noqa: E402
+from srpo_trl.demo import demo_pipeline  # noqa: E402
+from srpo_trl.testing import tiny_srpo_config  # noqa: E402
 
 
 def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     shared = "--shared_noise" in sys.argv
     args = tiny_srpo_config(
-        out,
+        os.path.join(out, "run"),
+        save_strategy="steps",
+        save_steps=2,
         max_steps=3,
         learning_rate=0.05,
         max_grad_norm=1.0,
@@ -42,13 +55,13 @@ def main():
         peft_config=LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian"),
     )
     first_noise = {}
-    rollout = trainer._rollout
+    rollout = trainer.step.rollout
 
-    def recording_rollout(model, eps, text, guidance_scale):  # eps as this process uses it
+    def recording_rollout(model, eps, text, guidance_scale=None):  # eps as this process uses it
         first_noise.setdefault("eps", eps.detach().clone())
         return rollout(model, eps, text, guidance_scale)
 
-    trainer._rollout = recording_rollout
+    trainer.step.rollout = recording_rollout
     seen_prompts = []
     collate = trainer.data_collator
 
@@ -59,6 +72,7 @@ def main():
 
     trainer.data_collator = recording_collate
     trainer.train()
+    trainer.save_model()
     rank = trainer.accelerator.process_index
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     torch.save({"weights": weights, "eps": first_noise["eps"]}, f"{out}/rank{rank}.pt")
