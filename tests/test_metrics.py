@@ -28,3 +28,28 @@ def test_trl_reward_names_are_logged_with_the_std_over_all_samples(config):
     assert row["rewards/one_and_three/mean"] == 2.0 and row["rewards/one_and_three/std"] == 1.0
     assert row["reward/inversion"] == -2.0  # an image-only reward is a penalty in the inversion branch
     assert not any(key.endswith("::squares") for key in row)
+
+
+def test_gradient_accumulation_divides_each_micro_batch_loss(config):
+    """Pinned, not inferred from the transformer's `forward` signature: with 2 accumulation steps a micro-batch
+    contributes half its gradient."""
+    from peft import LoraConfig
+
+    from srpo_trl.testing import tiny_flux_pipeline
+
+    trainer = SRPOTrainer(
+        tiny_flux_pipeline(0),
+        one_and_three,
+        args=config(per_device_train_batch_size=2, gradient_accumulation_steps=2),
+        train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
+        peft_config=LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian"),
+    )
+    assert trainer.loss_is_scaled_for_ga is False
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    inputs = {"prompt": ["a cat", "a dog"]}
+    full = torch.autograd.grad(trainer.compute_loss(trainer.model, inputs), params)
+    trainer._noise_key = (-1, 0)  # the same noise and levels again
+    trainer.current_gradient_accumulation_steps = 2
+    trainer.training_step(trainer.model, inputs)
+    for p, g in zip(params, full):
+        torch.testing.assert_close(p.grad, g / 2)

@@ -121,6 +121,10 @@ class SRPOTrainer(Trainer):
             hacking. Logged as `eval_rewards/{name}/srp` and `eval_rewards/{name}/plain`, outside `eval_reward`.
     """
 
+    # compute_loss returns the mean loss of its micro-batch, so the Trainer must divide it by the accumulation
+    # steps. Pinned: left to `None`, transformers would decide from whether the transformer's `forward` takes
+    # `**kwargs` (FLUX's does), and a diffusers release could change the scaling silently.
+    loss_is_scaled_for_ga = False
     _tag_names = ["trl", "srpo", "diffusers", "flux", "text-to-image"]
     _name = "SRPO"
     _paper = {
