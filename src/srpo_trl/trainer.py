@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -34,11 +33,10 @@ from .data import check_columns, check_dataset, check_prompts, dataset_prompts, 
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
 from .hub import build_model_card
 from .integrations import adapt_tracker_callbacks
-from .models import check_model_index, get_adapter
+from .models import get_adapter
 from .module_state import cast_trainable_parameters, eval_mode
-from .quantization import quantize_frozen_base
-from .rewards import Reward, as_reward, load_reward, srp_score
-from .rewards.base import IMAGE_ONLY_NOTICE
+from .preparation import check_output_dir, load_pipeline, prepare_trainable, resolve_rewards
+from .rewards import Reward, srp_score
 from .step import SRPOStep
 from .text_cache import TextEmbeddingCache
 
@@ -53,47 +51,6 @@ _SQUARES = "::squares"  # suffix of the recorded mean squares a metric's standar
 def _std_name(key: str) -> str:
     """TRL's names: `reward` -> `reward_std`, `rewards/{name}/mean` -> `rewards/{name}/std`."""
     return key.removesuffix("/mean") + "/std" if key.endswith("/mean") else key + "_std"
-
-
-def load_pipeline(model, model_init_kwargs: dict | None):
-    """A diffusers pipeline object as is, or one loaded from a hub id / local path."""
-    if not isinstance(model, str):
-        return model
-    from diffusers import DiffusionPipeline
-
-    if os.path.isdir(model):
-        check_model_index(model)  # an unsupported family fails before gigabytes of weights load
-    kwargs = dict(model_init_kwargs or {})
-    dtype = kwargs.get("torch_dtype")
-    if isinstance(dtype, str) and dtype != "auto":
-        kwargs["torch_dtype"] = getattr(torch, dtype)
-    return DiffusionPipeline.from_pretrained(model, **kwargs)
-
-
-def _check_output_dir(path: str) -> None:
-    """Fail before any model work when the output folder cannot be written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".srpo-write-check-"):
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"SRPOConfig.output_dir={path!r} cannot be written ({error}); choose a writable folder"
-        ) from error
-
-
-def _check_lora_targets(module: nn.Module, peft_config) -> None:
-    """Fail early when a LoRA `target_modules` list matches no module of the transformer."""
-    targets = getattr(peft_config, "target_modules", None)
-    if targets is None or isinstance(targets, str):  # None: peft's defaults; str: a regex
-        return
-    names = [name for name, _ in module.named_modules()]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-    if len(missing) == len(list(targets)):
-        raise ValueError(
-            f"peft_config.target_modules={sorted(targets)!r} matches no module of the transformer; "
-            f"examples of valid names: {names[1:6]}"
-        )
 
 
 class SRPOTrainer(Trainer):
@@ -160,7 +117,7 @@ class SRPOTrainer(Trainer):
         if not isinstance(eval_dataset, dict):
             check_dataset(eval_dataset, args.dataset_prompt_column, "eval_dataset")
 
-        _check_output_dir(args.output_dir)
+        check_output_dir(args.output_dir)
 
         count = len(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else 1
         weights = args.reward_weights or [1.0] * count
@@ -176,10 +133,10 @@ class SRPOTrainer(Trainer):
                 f"SRPOConfig.hinge_threshold has {len(thresholds)} values but there are {count} reward functions; "
                 "give one value for all of them or one per reward function"
             )
-        self.rewards = self._resolve_rewards(reward_funcs, args)
+        self.rewards = resolve_rewards(reward_funcs, args)
         self.eval_only_rewards = []
         if eval_reward_funcs is not None:
-            self.eval_only_rewards = self._resolve_rewards(eval_reward_funcs, args, trained=False)
+            self.eval_only_rewards = resolve_rewards(eval_reward_funcs, args, trained=False)
             trained_names = {r.name for r in self.rewards}
             clashes = sorted(r.name for r in self.eval_only_rewards if r.name in trained_names)
             if clashes:
@@ -243,7 +200,7 @@ class SRPOTrainer(Trainer):
                 f"SRPOConfig.quantize_base={args.quantize_base!r} needs a LoRA (peft_config): a quantised base cannot "
                 "be fully fine-tuned"
             )
-        transformer = self._prepare_trainable(args, peft_config)
+        transformer, self.peft_config = prepare_trainable(self.pipeline, self.adapter, args, peft_config)
         cast_trainable_parameters(transformer, args.trainable_dtype)
         super().__init__(
             model=transformer,
@@ -278,74 +235,6 @@ class SRPOTrainer(Trainer):
         self.callback_handler.callbacks.insert(0, SamplesAndRewardCurve(self))
 
     # ------------------------------------------------------------------ set-up
-
-    @staticmethod
-    def _resolve_rewards(reward_funcs, args: SRPOConfig, trained: bool = True) -> list[Reward]:
-        """Reward modules, frozen, in eval mode and in `args.reward_torch_dtype`.
-
-        Rewards given by name are loaded in that dtype; reward objects are cast only when `reward_dtype` is set
-        explicitly (a model the user built keeps its dtype otherwise). Image-only rewards that are `trained` on
-        are announced (they train as plain Direct-Align).
-        """
-        if reward_funcs is None:
-            raise ValueError("reward_funcs: give at least one reward function")
-        if not isinstance(reward_funcs, (list, tuple)):
-            reward_funcs = [reward_funcs]  # a single reward (a bad type is then reported by as_reward)
-        dtype = args.reward_torch_dtype
-        rewards = []
-        for r in reward_funcs:
-            if isinstance(r, str):
-                rewards.append(load_reward(r, dtype=dtype))
-                continue
-            reward = as_reward(r)
-            if args.reward_dtype is not None:
-                reward.to(dtype)
-            rewards.append(reward)
-        if not rewards:
-            raise ValueError("reward_funcs: give at least one reward function")
-        for reward in rewards:
-            if trained and not reward.text_conditioned:
-                logger.warning(IMAGE_ONLY_NOTICE.format(name=reward.name))
-        names = [r.name for r in rewards]
-        for i, r in enumerate(rewards):  # unique metric names
-            if names.count(r.name) > 1:
-                r.name = f"{r.name}_{i}"
-        for r in rewards:
-            r.eval().requires_grad_(False)
-        return rewards
-
-    def _prepare_trainable(self, args: SRPOConfig, peft_config) -> nn.Module:
-        """Freeze every component, then make the transformer (or its LoRA) trainable."""
-        for component in self.pipeline.components.values():
-            if isinstance(component, nn.Module):
-                component.requires_grad_(False).eval()
-        transformer = getattr(self.pipeline, self.adapter.trainable_component)
-        if peft_config is not None:
-            from .models.base import check_lora_reloads
-
-            # `self.peft_config` is a copy: defaults are filled in here and diffusers' `add_adapter` writes to the
-            # config it gets, and the user's object must not change. The copy is what `_save` writes beside the LoRA.
-            peft_config = copy.deepcopy(peft_config)
-            check_lora_reloads(peft_config)
-            if args.quantize_base is not None:  # the frozen base in 8/4 bits, the LoRA on top in full precision
-                quantize_frozen_base(transformer, args.quantize_base)
-            if getattr(peft_config, "target_modules", None) is None:
-                peft_config.target_modules = list(self.adapter.default_lora_target_modules)
-            _check_lora_targets(transformer, peft_config)
-            transformer.add_adapter(peft_config)  # only the LoRA parameters require grad
-            self.peft_config = peft_config
-        else:
-            self.peft_config = None
-            transformer.requires_grad_(True)
-        if args.transformer_gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        if args.vae_gradient_checkpointing:
-            self.pipeline.vae.enable_gradient_checkpointing()
-        if args.vae_slicing:  # one image per decode: the VAE backward's peak scales with one image, not 2B
-            self.pipeline.vae.enable_slicing()
-        else:
-            self.pipeline.vae.disable_slicing()
-        return transformer
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         """The Trainer's accelerator arguments, with regional compilation of the transformer's blocks by default."""

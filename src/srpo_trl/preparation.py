@@ -1,0 +1,133 @@
+"""What the trainer does once, before training: load the pipeline, check the output folder, resolve the rewards,
+freeze everything but the transformer (or its LoRA), switch the memory savers on.
+
+Each check runs before the expensive work it guards: a wrong input fails with the field, the value and what
+would be valid, before any weights load.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from .models import check_model_index
+from .models.base import check_lora_reloads
+from .quantization import quantize_frozen_base
+from .rewards import Reward, as_reward, load_reward
+from .rewards.base import IMAGE_ONLY_NOTICE
+
+logger = logging.getLogger(__name__)
+
+
+def load_pipeline(model, model_init_kwargs: dict | None):
+    """A diffusers pipeline object as is, or one loaded from a hub id / local path."""
+    if not isinstance(model, str):
+        return model
+    from diffusers import DiffusionPipeline
+
+    if os.path.isdir(model):
+        check_model_index(model)  # an unsupported family fails before gigabytes of weights load
+    kwargs = dict(model_init_kwargs or {})
+    dtype = kwargs.get("torch_dtype")
+    if isinstance(dtype, str) and dtype != "auto":
+        kwargs["torch_dtype"] = getattr(torch, dtype)
+    return DiffusionPipeline.from_pretrained(model, **kwargs)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before any model work when the output folder cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".srpo-write-check-"):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"SRPOConfig.output_dir={path!r} cannot be written ({error}); choose a writable folder"
+        ) from error
+
+
+def check_lora_targets(module: nn.Module, peft_config) -> None:
+    """Fail early when a LoRA `target_modules` list matches no module of the transformer."""
+    targets = getattr(peft_config, "target_modules", None)
+    if targets is None or isinstance(targets, str):  # None: peft's defaults; str: a regex
+        return
+    names = [name for name, _ in module.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if len(missing) == len(list(targets)):
+        raise ValueError(
+            f"peft_config.target_modules={sorted(targets)!r} matches no module of the transformer; "
+            f"examples of valid names: {names[1:6]}"
+        )
+
+
+def resolve_rewards(reward_funcs, args, trained: bool = True) -> list[Reward]:
+    """Reward modules, frozen, in eval mode and in `args.reward_torch_dtype`.
+
+    Rewards given by name are loaded in that dtype; reward objects are cast only when `reward_dtype` is set
+    explicitly (a model the user built keeps its dtype otherwise). Image-only rewards that are `trained` on
+    are announced (they train as plain Direct-Align).
+    """
+    if reward_funcs is None:
+        raise ValueError("reward_funcs: give at least one reward function")
+    if not isinstance(reward_funcs, (list, tuple)):
+        reward_funcs = [reward_funcs]  # a single reward (a bad type is then reported by as_reward)
+    dtype = args.reward_torch_dtype
+    rewards = []
+    for r in reward_funcs:
+        if isinstance(r, str):
+            rewards.append(load_reward(r, dtype=dtype))
+            continue
+        reward = as_reward(r)
+        if args.reward_dtype is not None:
+            reward.to(dtype)
+        rewards.append(reward)
+    if not rewards:
+        raise ValueError("reward_funcs: give at least one reward function")
+    for reward in rewards:
+        if trained and not reward.text_conditioned:
+            logger.warning(IMAGE_ONLY_NOTICE.format(name=reward.name))
+    names = [r.name for r in rewards]
+    for i, r in enumerate(rewards):  # unique metric names
+        if names.count(r.name) > 1:
+            r.name = f"{r.name}_{i}"
+    for r in rewards:
+        r.eval().requires_grad_(False)
+    return rewards
+
+
+def prepare_trainable(pipeline, adapter, args, peft_config):
+    """Freeze every component, then make the transformer (or its LoRA) trainable; switch the memory savers.
+
+    Returns `(transformer, peft_config)`. The config returned is a copy of the user's: defaults are filled in
+    here and diffusers' `add_adapter` writes to the config it gets, and the user's object must not change. The
+    copy is what the trainer saves beside the LoRA.
+    """
+    for component in pipeline.components.values():
+        if isinstance(component, nn.Module):
+            component.requires_grad_(False).eval()
+    transformer = getattr(pipeline, adapter.trainable_component)
+    if peft_config is not None:
+        peft_config = copy.deepcopy(peft_config)
+        check_lora_reloads(peft_config)
+        if args.quantize_base is not None:  # the frozen base in 8/4 bits, the LoRA on top in full precision
+            quantize_frozen_base(transformer, args.quantize_base)
+        if getattr(peft_config, "target_modules", None) is None:
+            peft_config.target_modules = list(adapter.default_lora_target_modules)
+        check_lora_targets(transformer, peft_config)
+        transformer.add_adapter(peft_config)  # only the LoRA parameters require grad
+    else:
+        transformer.requires_grad_(True)
+    if args.transformer_gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    if args.vae_gradient_checkpointing:
+        pipeline.vae.enable_gradient_checkpointing()
+    if args.vae_slicing:  # one image per decode: the VAE backward's peak scales with one image, not 2B
+        pipeline.vae.enable_slicing()
+    else:
+        pipeline.vae.disable_slicing()
+    return transformer, peft_config
