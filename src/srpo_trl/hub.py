@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData
+
+SAMPLES_DIR = "samples"  # sample images shown by the model card, with prompts.json saying how they were made
 
 CITATION = """@article{shen2025srpo,
   title   = {Directly Aligning the Full Diffusion Trajectory with Fine-Grained Human Preference},
@@ -168,3 +172,74 @@ library. Reward functions: {rewards}.
 ```
 """
     return ModelCard(content)
+
+
+def save_sample_images(images: torch.Tensor, prompts: list[str], output_dir: str, settings: dict) -> list[str]:
+    """Write `images` (`[B, 3, H, W]` in [0, 1]) as `{output_dir}/samples/sample_{i}.png`, and `prompts.json`:
+    one row per image with its prompt, its path and how it was made (`settings`). Returns the paths."""
+    from PIL import Image
+
+    folder = os.path.join(output_dir, SAMPLES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    paths = []
+    for i, array in enumerate(pixels):
+        paths.append(os.path.join(folder, f"sample_{i}.png"))
+        Image.fromarray(array).save(paths[-1])
+    rows = [{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png", **settings} for i, p in enumerate(prompts)]
+    with open(os.path.join(folder, "prompts.json"), "w") as f:
+        json.dump(rows, f)
+    return paths
+
+
+def read_samples(output_dir: str) -> tuple[list[tuple[str, str]] | None, dict | None]:
+    """The `(prompt, image path)` pairs of `{output_dir}/samples/prompts.json` and how they were made, if any."""
+    index = os.path.join(output_dir, SAMPLES_DIR, "prompts.json")
+    if not os.path.isfile(index):
+        return None, None
+    with open(index) as f:
+        rows = json.load(f)
+    samples = [(row["prompt"], row["image"]) for row in rows]
+    settings = None
+    if rows and "guidance_scale" in rows[0]:
+        settings = {k: rows[0][k] for k in ("steps", "guidance_scale", "resolution", "seed")}
+    return samples, settings
+
+
+def trainer_model_card(trainer, repo_or_dir: str) -> ModelCard:
+    """The model card of an `SRPOTrainer`'s current result: its recipe, rewards, samples and how to load it."""
+    args = trainer.args
+    lora = trainer.peft_config
+    summary = {
+        "resolution": f"{trainer.height}x{trainer.width}",
+        "rollout_steps": args.rollout_steps,
+        "window": f"S[{args.window_start_index}]..S[{args.window_end_index}] of {args.window_grid_steps}",
+        "num_levels": args.num_levels,
+        "rho": args.rho,
+        "denoise_discount": args.denoise_discount,
+        "inversion_discount": args.inversion_discount if args.use_inversion_branch else "off",
+        "x0": "real images (offline mode)" if trainer.offline else "rollouts of the current model",
+        "hinge_threshold": dict(zip((r.name for r in trainer.rewards), trainer.hinge_thresholds)),
+        "positive_control_words": args.positive_control_words,
+        "negative_control_words": args.negative_control_words,
+        "learning_rate": args.learning_rate,
+        "max_grad_norm": args.max_grad_norm,
+        "steps": trainer.state.global_step,
+        "lora": f"r={lora.r}, lora_alpha={lora.lora_alpha}" if lora is not None else "no (full fine-tune)",
+        "trainable_dtype": args.trainable_dtype,
+    }
+    image_only = [r.name for r in trainer.rewards if not r.text_conditioned]
+    if image_only:
+        summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
+    samples, sample_settings = read_samples(args.output_dir)
+    return build_model_card(
+        samples=samples,
+        sample_settings=sample_settings,
+        base_model=getattr(trainer.pipeline, "name_or_path", None) or None,
+        lora=lora is not None,
+        repo_or_dir=repo_or_dir,
+        training_summary=summary,
+        pipeline_class=type(trainer.pipeline).__name__,
+        transformer_class=type(trainer.accelerator.unwrap_model(trainer.model)).__name__,
+        reward_names=[r.name for r in trainer.rewards],
+    )

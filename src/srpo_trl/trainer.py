@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from .checkpointing import (
 from .config import SRPOConfig
 from .data import check_columns, check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
-from .hub import build_model_card
+from .hub import SAMPLES_DIR, save_sample_images, trainer_model_card
 from .integrations import adapt_tracker_callbacks
 from .models import get_adapter
 from .module_state import cast_trainable_parameters, eval_mode
@@ -42,7 +41,6 @@ from .text_cache import TextEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_DIR = "samples"  # sample images shown by the model card
 
 RewardLike = Reward | Callable | str
 _SQUARES = "::squares"  # suffix of the recorded mean squares a metric's standard deviation is computed from
@@ -539,30 +537,19 @@ class SRPOTrainer(Trainer):
 
         The model card shows them (and the Hub's widget) the next time it is written. Returns the paths.
         """
-        from PIL import Image
-
         output_dir = output_dir or self.args.output_dir
         # On every process: sharded models need all ranks.
         images = self.generate(list(prompts), seed=seed, guidance_scale=self.args.sample_guidance_scale)
-        paths = []
-        if self.is_world_process_zero():
-            folder = os.path.join(output_dir, SAMPLES_DIR)
-            os.makedirs(folder, exist_ok=True)
-            pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            for i, array in enumerate(pixels):
-                paths.append(os.path.join(folder, f"sample_{i}.png"))
-                Image.fromarray(array).save(paths[-1])
-            # Each row says how its image was made, so that the model card states the settings actually used.
-            settings = {
-                "seed": seed,
-                "guidance_scale": self.args.sample_guidance_scale,
-                "steps": self.args.rollout_steps,
-                "resolution": f"{self.height}x{self.width}",
-            }
-            rows = [{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png", **settings} for i, p in enumerate(prompts)]
-            with open(os.path.join(folder, "prompts.json"), "w") as f:
-                json.dump(rows, f)
-        return paths
+        if not self.is_world_process_zero():
+            return []
+        # Each image's row says how it was made, so that the model card states the settings actually used.
+        settings = {
+            "seed": seed,
+            "guidance_scale": self.args.sample_guidance_scale,
+            "steps": self.args.rollout_steps,
+            "resolution": f"{self.height}x{self.width}",
+        }
+        return save_sample_images(images, list(prompts), output_dir, settings)
 
     def push_to_hub(
         self,
@@ -759,49 +746,5 @@ class SRPOTrainer(Trainer):
             load_full_checkpoint(transformer, resume_from_checkpoint, component)
 
     def model_card(self, repo_or_dir: str):
-        """The model card of the current result (see [`srpo_trl.hub.build_model_card`])."""
-        args = self.args
-        summary = {
-            "resolution": f"{self.height}x{self.width}",
-            "rollout_steps": args.rollout_steps,
-            "window": f"S[{args.window_start_index}]..S[{args.window_end_index}] of {args.window_grid_steps}",
-            "num_levels": args.num_levels,
-            "rho": args.rho,
-            "denoise_discount": args.denoise_discount,
-            "inversion_discount": args.inversion_discount if args.use_inversion_branch else "off",
-            "x0": "real images (offline mode)" if self.offline else "rollouts of the current model",
-            "hinge_threshold": dict(zip((r.name for r in self.rewards), self.hinge_thresholds)),
-            "positive_control_words": args.positive_control_words,
-            "negative_control_words": args.negative_control_words,
-            "learning_rate": args.learning_rate,
-            "max_grad_norm": args.max_grad_norm,
-            "steps": self.state.global_step,
-            "lora": (
-                f"r={self.peft_config.r}, lora_alpha={self.peft_config.lora_alpha}"
-                if self.peft_config is not None
-                else "no (full fine-tune)"
-            ),
-            "trainable_dtype": args.trainable_dtype,
-        }
-        image_only = [r.name for r in self.rewards if not r.text_conditioned]
-        if image_only:
-            summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
-        samples_index = os.path.join(self.args.output_dir, SAMPLES_DIR, "prompts.json")
-        samples, sample_settings = None, None
-        if os.path.isfile(samples_index):
-            with open(samples_index) as f:
-                rows = json.load(f)
-            samples = [(row["prompt"], row["image"]) for row in rows]
-            if rows and "guidance_scale" in rows[0]:
-                sample_settings = {k: rows[0][k] for k in ("steps", "guidance_scale", "resolution", "seed")}
-        return build_model_card(
-            samples=samples,
-            sample_settings=sample_settings,
-            base_model=getattr(self.pipeline, "name_or_path", None) or None,
-            lora=self.peft_config is not None,
-            repo_or_dir=repo_or_dir,
-            training_summary=summary,
-            pipeline_class=type(self.pipeline).__name__,
-            transformer_class=type(self.accelerator.unwrap_model(self.model)).__name__,
-            reward_names=[r.name for r in self.rewards],
-        )
+        """The model card of the current result (see [`srpo_trl.hub.trainer_model_card`])."""
+        return trainer_model_card(self, repo_or_dir)
