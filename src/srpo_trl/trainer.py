@@ -235,7 +235,11 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------------------ set-up
 
     def _build_accelerator_args(self, **kwargs) -> dict:
-        """The Trainer's accelerator arguments, with regional compilation of the transformer's blocks by default."""
+        """The Trainer's accelerator arguments, with regional compilation of the transformer's blocks by default.
+
+        Private override: the Trainer builds accelerate's `TorchDynamoPlugin` from `TrainingArguments` itself, with
+        no public argument for `use_regional_compilation`, and the plugin must be set before the accelerator exists.
+        """
         accelerator_args = super()._build_accelerator_args(**kwargs)
         dynamo_plugin = accelerator_args.get("dynamo_plugin")
         if dynamo_plugin is not None and self.args.torch_compile:
@@ -501,6 +505,9 @@ class SRPOTrainer(Trainer):
         the whole model with a collective every process joins, and passes it as `state_dict` (on the main process;
         the others get an empty dict). That gathered dict is what is written: a sharded module's own `state_dict()`
         holds only this process's shards. Without one (one process, DDP) the module itself is whole.
+
+        Private override: this is where the Trainer hands over the gathered model; the public `save_model`, which
+        picks the gathering for each engine, is kept as it is.
         """
         if not self.args.should_save:  # nothing left to join here: the gathering collective ran in save_model
             return
@@ -574,6 +581,8 @@ class SRPOTrainer(Trainer):
         if not self.is_world_process_zero():
             return None
         self.create_model_card()
+        # The Trainer's own (private) wait for checkpoint pushes still in flight (`hub_strategy`), as its
+        # `push_to_hub` does before uploading; no public method waits for them.
         self._finish_current_push()
         return hf_api().upload_folder(
             repo_id=self.hub_model_id,
@@ -624,7 +633,11 @@ class SRPOTrainer(Trainer):
         return loss
 
     def _get_grad_norm(self, model, grad_norm=None):
-        """The Trainer's gradient norm of the step, passed on to the non-finite guard (which would compute it again)."""
+        """The Trainer's gradient norm of the step, passed on to the non-finite guard (which would compute it again).
+
+        Private override: no callback sees the norm before the optimizer steps (`on_pre_optimizer_step` gets no
+        metrics), and computing it a second time is one more pass over every gradient per step.
+        """
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if self._nonfinite_guard is not None and grad_norm is not None:
             self._nonfinite_guard.observe_grad_norm(grad_norm)
@@ -665,8 +678,9 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------ checkpoints, resume
 
     def _get_output_dir(self, trial) -> str:
+        # Private override: the Trainer derives each checkpoint's folder from it and has no option for where checkpoints
+        # are written. While a checkpoint is being written, the Trainer writes it under the staging folder.
         run_dir = super()._get_output_dir(trial)
-        # While a checkpoint is being written, the Trainer writes it under the staging folder.
         return os.path.join(run_dir, STAGING_DIR_NAME) if self._staging_checkpoint else run_dir
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -676,6 +690,10 @@ class SRPOTrainer(Trainer):
         `checkpoint-N` once every process has finished, so an interrupted save leaves the previous
         checkpoint as the latest complete one. The control-word cycle and the rollout noise are keyed
         by the global step, which the checkpoint's trainer state restores.
+
+        Every process runs it: the Trainer's checkpoint needs them all (gathering a sharded model, each process's
+        RNG state); only the main process clears, publishes and rotates. Private override: the Trainer has no hook
+        around the writing of a checkpoint folder (callbacks' `on_save` comes after it).
         """
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
