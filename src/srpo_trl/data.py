@@ -46,6 +46,16 @@ def _columns(dataset) -> list[str] | None:
     return list(names) if names is not None else None
 
 
+def _column(dataset, column: str) -> list:
+    """A map-style `datasets.Dataset`'s column as a list.
+
+    `datasets` 4+ returns a lazy column whose iteration formats one row at a time (0.05-0.13 ms a row: 5-13 s for
+    HPDv2's 10^5 prompts, and the trainer reads them twice); a slice is read in one go (and is a plain copy where
+    the column is already a list).
+    """
+    return list(dataset[column][:])
+
+
 def bad_prompt(value) -> bool:
     return not isinstance(value, str) or not value.strip()
 
@@ -81,7 +91,8 @@ def check_dataset(dataset, prompt_column: str, what: str = "train_dataset", imag
         return
     if len(dataset) == 0:
         raise ValueError(f"{what} is empty: SRPO needs at least one prompt")
-    prompts = dataset[prompt_column] if hasattr(dataset, "column_names") else [row[prompt_column] for row in dataset]
+    columnar = hasattr(dataset, "column_names")
+    prompts = _column(dataset, prompt_column) if columnar else [row[prompt_column] for row in dataset]
     bad = [i for i, p in enumerate(prompts) if bad_prompt(p)]
     if bad:
         examples = ", ".join(f"row {i}: {prompts[i]!r}" for i in bad[:5])
@@ -107,7 +118,7 @@ def dataset_prompts(dataset, prompt_column: str) -> list[str] | None:
     if not hasattr(dataset, "__len__"):
         return None
     if hasattr(dataset, "column_names"):
-        return list(dataset[prompt_column])
+        return _column(dataset, prompt_column)
     return [dataset[i][prompt_column] for i in range(len(dataset))]
 
 

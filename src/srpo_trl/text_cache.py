@@ -1,32 +1,59 @@
-"""Text-embedding cache: encode each prompt once, then get the text encoders off the accelerator.
+"""Text-embedding cache: encode each prompt once, within a memory budget, and free the text encoders when it can.
 
-FLUX.1-dev's T5-XXL encoder alone holds 4.76 B parameters (9.5 GB in bf16). Training never changes
-it, so the trainer encodes the dataset's prompts once, keeps the conditioning (in memory, or on disk
-with `text_embedding_cache_dir`), and moves the text encoders to the CPU, freeing that memory for
-training. A prompt that was not cached (streamed data, `generate()` on new prompts) is encoded on the
-fly by the encoders wherever they are.
+FLUX.1-dev's T5-XXL encoder alone holds 4.76 B parameters (9.5 GB in bf16) and each prompt's conditioning is
+512 x 4096 values (4.2 MB in bf16): HPDv2's 10^5 training prompts would take 0.4 TB, far more than a host's RAM.
+So the cache holds its entries in two tiers:
 
-On disk, entries live under a key made of the text encoders' identity (class, config, tokenizer and a
-digest of every weight) and the sequence length: a changed encoder, tokenizer or length gives a new key,
-so a stale embedding is never reused. Each prompt is one safetensors file named by its hash, written
-atomically, with the prompt stored in its metadata and checked on read.
+- **Memory**: a least-recently-used map bounded by `memory_budget_mb`. Its accounting (`memory_bytes`, and its
+  high-water mark `peak_memory_bytes`) counts the bytes of storage each entry keeps alive; entries are copied
+  out of the encoder's batch so that they never pin the whole batch. An entry larger than the budget is used
+  and not kept.
+- **Disk** (optional, `cache_dir`): one safetensors file per prompt, shared across runs and processes.
+
+`precompute` streams the datasets' prompts through the encoders, `batch_size` at a time, and tells whether every
+prompt is now cached: with a disk cache each process writes its share (`prompts[rank::world_size]`) and holds
+one batch at a time; without one, the prompts are kept in memory only if all of them fit in the budget (they are
+then kept for good: later prompts never evict them), and otherwise encoding stops after the first batch and prompts
+are encoded when first needed (`get`), kept in the LRU. The trainer moves the text encoders off the accelerator
+only when every prompt was cached; otherwise they stay where they are, since running T5-XXL on a CPU, or moving it
+to the accelerator and back, would cost seconds at every step (see `SRPOTrainer._build_text_cache`). A prompt that
+was not cached (streamed data, `generate()` on new prompts) is encoded on the fly by the encoders wherever they are.
+
+On disk, entries live under a key made of the text encoders' identity (class, config, tokenizer and a digest of
+every weight) and the sequence length: a changed encoder, tokenizer or length gives a new key, so a stale
+embedding is never reused. Each prompt is one file named by its hash, with the prompt stored in its metadata and
+checked on read. Writers write a private temporary file and `os.replace` it into place, which is atomic on POSIX:
+readers (any process or thread) see the whole file or none, and concurrent writers of one prompt write the same
+bytes. A file that cannot be read (e.g. cut short by a crash) counts as missing and is rewritten. safetensors
+stores tensors bit for bit, so an embedding read back is exactly the one encoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MIB = 2**20
 
 
 def _tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        text = backend.to_str()
+        state = json.loads(backend.to_str())
+        # Padding and truncation are per-call settings that the tokenizer's last call leaves behind: without this,
+        # merely having encoded a prompt would change the key.
+        state.pop("padding", None), state.pop("truncation", None)
+        text = json.dumps(state, sort_keys=True)
     else:
         text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return f"{type(tokenizer).__name__}:{hashlib.sha256(text.encode()).hexdigest()}"
@@ -59,23 +86,78 @@ def text_encoder_fingerprint(pipeline, components: Sequence[str], max_sequence_l
     return digest.hexdigest()
 
 
+def entry_nbytes(entry: dict[str, torch.Tensor]) -> int:
+    """Bytes of storage an entry keeps alive (its storages, not just its views' elements)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in entry.values()}
+    return sum(storages.values())
+
+
+def _write_atomically(path: str, entry: dict[str, torch.Tensor], prompt: str) -> None:
+    """Write `entry` to `path` so that a reader sees the whole file or none (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    # A private name per writer (process and thread): concurrent writers never share a temporary file.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in entry.items()}, tmp, metadata={"prompt": prompt})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_file(path: str, prompt: str) -> dict[str, torch.Tensor] | None:
+    """The entry stored at `path` for `prompt`, or `None` if absent, unreadable or another prompt's."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            if (f.metadata() or {}).get("prompt") != prompt:  # a hash collision: treat as missing
+                return None
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        return None
+    except (OSError, SafetensorError) as error:  # cut short by a crash, say: encode again and overwrite
+        logger.warning("unreadable text-embedding cache file %s (%s): encoding the prompt again", path, error)
+        return None
+
+
 class TextEmbeddingCache:
-    """Prompt -> text conditioning (`adapter.encode_prompts` output, one sample), computed once.
+    """Prompt -> text conditioning (`adapter.encode_prompts` output, one sample), in memory within a budget and
+    optionally on disk (see the module docstring).
 
     Args:
         adapter: the model adapter; it encodes prompts and names the text components.
         device: where batches are returned.
-        cache_dir (`str`, *optional*): keep entries on disk under this folder (shared across runs).
-        batch_size (`int`): prompts per text-encoder call while precomputing.
+        cache_dir (`str`, *optional*): keep entries on disk under this folder (shared across runs and processes).
+        batch_size (`int`): prompts per text-encoder call.
+        memory_budget_mb (`float`, *optional*, defaults to 4096): most MiB of entries held in memory; `None` for
+            no bound.
     """
 
-    def __init__(self, adapter, device: torch.device, cache_dir: str | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        adapter,
+        device: torch.device,
+        cache_dir: str | None = None,
+        batch_size: int = 8,
+        memory_budget_mb: float | None = 4096,
+    ):
         self.adapter = adapter
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.memory: dict[str, dict[str, torch.Tensor]] = {}
-        # Whether `get` stores prompts it had to encode; off for endless streams kept only in memory.
-        self.keep_new_prompts = True
+        self.memory_budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * MIB)
+        self.memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # oldest use first
+        self.memory_bytes = 0
+        self.peak_memory_bytes = 0
+        self.evictions = 0
+        self.entry_bytes: int | None = None  # the size of the last encoded entry, for the trainer's estimates
+        # False once the datasets' prompts were all kept in memory: then later prompts may not evict them.
+        self.evict = True
         self.encoders_released = False
         self.folder = None
         if cache_dir is not None:
@@ -83,77 +165,111 @@ class TextEmbeddingCache:
             self.folder = os.path.join(cache_dir, key[:32])
             os.makedirs(self.folder, exist_ok=True)
 
-    # ------------------------------------------------------------------ storage
+    # ------------------------------------------------------------------ memory
+
+    def _fits(self, size: int) -> bool:
+        return self.memory_budget_bytes is None or self.memory_bytes + size <= self.memory_budget_bytes
+
+    def _remember(self, prompt: str, entry: dict[str, torch.Tensor]) -> None:
+        """Keep `entry` in memory, evicting the least recently used entries to stay within the budget."""
+        if prompt in self.memory:
+            self.memory.move_to_end(prompt)
+            return
+        size = entry_nbytes(entry)
+        while self.evict and self.memory and not self._fits(size):
+            _, old = self.memory.popitem(last=False)
+            self.memory_bytes -= entry_nbytes(old)
+            self.evictions += 1
+        if not self._fits(size):
+            return  # larger than the budget (or not evicting): used by the caller, not kept
+        self.memory[prompt] = entry
+        self.memory_bytes += size
+        self.peak_memory_bytes = max(self.peak_memory_bytes, self.memory_bytes)
+
+    # -------------------------------------------------------------------- disk
 
     def _path(self, prompt: str) -> str:
         name = hashlib.sha256(prompt.encode()).hexdigest()
         return os.path.join(self.folder, name[:2], name + ".safetensors")
 
+    def _on_disk(self, prompt: str) -> bool:
+        return self.folder is not None and os.path.isfile(self._path(prompt))
+
     def _read(self, prompt: str) -> dict[str, torch.Tensor] | None:
-        if prompt in self.memory:
-            return self.memory[prompt]
+        """The cached entry (memory first, then disk, which then goes to memory), or `None`."""
+        entry = self.memory.get(prompt)
+        if entry is not None:
+            self.memory.move_to_end(prompt)
+            return entry
         if self.folder is None:
             return None
-        path = self._path(prompt)
-        if not os.path.isfile(path):
-            return None
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            if (f.metadata() or {}).get("prompt") != prompt:  # a hash collision: treat as missing
-                return None
-            return {k: f.get_tensor(k) for k in f.keys()}
+        entry = _read_file(self._path(prompt), prompt)
+        if entry is not None:
+            self._remember(prompt, entry)
+        return entry
 
     def _write(self, prompt: str, entry: dict[str, torch.Tensor]) -> None:
-        if self.folder is None:
-            self.memory[prompt] = entry
-            return
-        from safetensors.torch import save_file
-
-        path = self._path(prompt)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        save_file({k: v.contiguous() for k, v in entry.items()}, tmp, metadata={"prompt": prompt})
-        os.replace(tmp, path)  # atomic: readers see the whole file or none
+        _write_atomically(self._path(prompt), entry, prompt)
 
     def __contains__(self, prompt: str) -> bool:
-        return prompt in self.memory or (self.folder is not None and os.path.isfile(self._path(prompt)))
+        return prompt in self.memory or self._on_disk(prompt)
 
-    # ----------------------------------------------------------------- encoding
+    # ---------------------------------------------------------------- encoding
 
-    def _encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def _encode(self, prompts: list[str]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """(prompt, entry on the CPU) for each prompt, `batch_size` prompts per encoder call."""
         # Released encoders sit on the CPU: encode there, then move the (small) result.
         device = torch.device("cpu") if self.encoders_released else self.device
-        return self.adapter.encode_prompts(prompts, device)
-
-    def precompute(self, prompts: Sequence[str], rank: int = 0, world_size: int = 1) -> int:
-        """Encode the prompts not cached yet; returns how many were encoded by this process.
-
-        With a disk cache, processes split the work (`prompts[rank::world_size]`); callers then wait
-        for every process before reading. In memory, each process encodes all of them.
-        """
-        missing = [p for p in dict.fromkeys(prompts) if p not in self]
-        if self.folder is not None:
-            missing = missing[rank::world_size]
-        for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start : start + self.batch_size]
-            encoded = self._encode(chunk)
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            encoded = self.adapter.encode_prompts(chunk, device)
             for i, prompt in enumerate(chunk):
-                self._write(prompt, {k: v[i].detach().to("cpu") for k, v in encoded.items()})
-        return len(missing)
+                # A copy: a view would keep the whole batch's storage alive (and escape the accounting).
+                entry = {k: v[i].detach().to("cpu", copy=True) for k, v in encoded.items()}
+                self.entry_bytes = entry_nbytes(entry)
+                yield prompt, entry
+
+    def precompute(self, prompts: Sequence[str], rank: int = 0, world_size: int = 1) -> bool:
+        """Encode the prompts not cached yet; `True` if every prompt is then cached (once every process is done).
+
+        With a disk cache, processes split the prompts (`prompts[rank::world_size]`, before looking at the disk, so
+        that every prompt has exactly one owner whatever the others have written already); callers then wait for
+        every process before reading. In memory, each process encodes all of them, and only if they fit the budget.
+        """
+        unique = list(dict.fromkeys(prompts))
+        if self.folder is not None:
+            self._precompute_to_disk([p for p in unique[rank::world_size] if not self._on_disk(p)])
+            return True
+        return self._precompute_in_memory([p for p in unique if p not in self.memory])
+
+    def _precompute_to_disk(self, missing: list[str]) -> None:
+        for prompt, entry in self._encode(missing):  # one batch in memory at a time
+            self._write(prompt, entry)
+
+    def _precompute_in_memory(self, missing: list[str]) -> bool:
+        evictions = self.evictions
+        for done, (prompt, entry) in enumerate(self._encode(missing), start=1):
+            self._remember(prompt, entry)
+            rest = self.entry_bytes * (len(missing) - done)  # the prompts still to come, at this one's size
+            end_of_batch = done % self.batch_size == 0
+            if prompt not in self.memory or self.evictions > evictions or (end_of_batch and not self._fits(rest)):
+                # They do not all fit: stop encoding (the rest would be evicted before use); prompts are encoded
+                # when first needed instead. What was encoded stays, within the budget.
+                return False
+        self.evict = False  # every prompt is in memory: keep them there for good
+        return True
 
     def get(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Batched conditioning for `prompts` on `device`; uncached prompts are encoded now (and kept)."""
-        entries = [self._read(p) for p in prompts]
-        missing = list(dict.fromkeys(p for p, e in zip(prompts, entries) if e is None))
-        if missing and self.keep_new_prompts:
-            self.precompute(missing)
-            entries = [self._read(p) for p in prompts]
-        elif missing:  # streamed prompts without a disk cache: encode, use once, forget
-            encoded = self._encode(missing)
-            fresh = {p: {k: v[i].detach().to("cpu") for k, v in encoded.items()} for i, p in enumerate(missing)}
-            entries = [e if e is not None else fresh[p] for p, e in zip(prompts, entries)]
-        return {k: torch.stack([e[k] for e in entries]).to(self.device) for k in entries[0]}
+        entries = {p: self._read(p) for p in dict.fromkeys(prompts)}
+        missing = [p for p, e in entries.items() if e is None]
+        for prompt, entry in self._encode(missing):
+            entries[prompt] = entry
+            self._remember(prompt, entry)
+            if self.folder is not None:
+                self._write(prompt, entry)
+        rows = [entries[p] for p in prompts]
+        return {k: torch.stack([e[k] for e in rows]).to(self.device) for k in rows[0]}
 
     def release_encoders(self) -> None:
         """Move the text encoders to the CPU and free their accelerator memory."""
