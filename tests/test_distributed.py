@@ -1,5 +1,6 @@
-"""Two processes for real (`accelerate launch`, CPU, gloo): identical weights on every rank, and
-2 processes x batch 1 equal to 1 process x batch 2 when each process takes its slice of the noise."""
+"""Two processes for real (`accelerate launch`, CPU, gloo): identical weights on every rank,
+2 processes x batch 1 equal to 1 process x batch 2 when each process takes its slice of the noise, and only the
+main process writes the result and the checkpoints (each process's own RNG state aside)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from distributed_saving import allowed_for_other_ranks, files_in, lora_loaded_by_diffusers, read_records, writers
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "distributed_train.py")
 
@@ -40,6 +42,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     return {
         "two": _launch(root / "two", 1, 2, port=29533),
+        "two_dir": root / "two",
         "one": _launch(root / "one", 2, 1),
         "shared": _launch(root / "shared", 1, 2, "--shared_noise", port=29534),
     }
@@ -75,3 +78,23 @@ def test_recipe_noise_is_shared_and_per_process_noise_is_not(runs):
     two0, two1 = runs["two"]
     assert torch.equal(shared0["eps"], shared1["eps"])
     assert not torch.equal(two0["eps"], two1["eps"])
+
+
+def test_only_the_main_process_writes_the_result_and_the_checkpoints(runs):
+    folder = runs["two_dir"] / "run"
+    written = writers(read_records(runs["two_dir"]), folder)
+    present = files_in(folder)
+    assert {"pytorch_lora_weights.safetensors", "README.md", "training_args.bin"} <= present
+    assert {"checkpoint-2/pytorch_lora_weights.safetensors", "checkpoint-2/optimizer.pt"} <= present
+    assert present <= set(written)  # every file there was seen being written: the records miss no writer
+    by_others = {path: ranks - {0} for path, ranks in written.items() if ranks - {0}}
+    assert all(allowed_for_other_ranks(path, rank) for path, ranks in by_others.items() for rank in ranks), by_others
+    assert by_others["checkpoint-2/rng_state_1.pth"] == {1}  # the Trainer's per-process RNG state, by design
+    assert all(written[path] == {0} for path in present if not allowed_for_other_ranks(path, 1))
+
+
+def test_the_saved_lora_loads_in_stock_diffusers_as_trained(runs):
+    trained = runs["two"][0]["weights"]
+    loaded = lora_loaded_by_diffusers(runs["two_dir"] / "run")
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[name], trained[name]) for name in trained)

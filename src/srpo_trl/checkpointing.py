@@ -52,6 +52,14 @@ def _check_same_lora_config(transformer: nn.Module, saved: dict, path: str) -> N
         )
 
 
+def check_lora_checkpoint_config(transformer: nn.Module, folder: str, component: str) -> None:
+    """Fail when the LoRA saved in `folder` has another rank or scaling than `transformer`'s (if it says which)."""
+    path = os.path.join(folder, LORA_WEIGHTS_NAME)
+    saved = saved_lora_config(path, component) if os.path.isfile(path) else None
+    if saved is not None:
+        _check_same_lora_config(transformer, saved, path)
+
+
 def load_lora_checkpoint(transformer: nn.Module, folder: str, component: str) -> None:
     """Load LoRA weights written by `save_lora_weights` (keys `"{component}.<module>.lora_A.weight"`).
 
@@ -64,9 +72,7 @@ def load_lora_checkpoint(transformer: nn.Module, folder: str, component: str) ->
     path = os.path.join(folder, LORA_WEIGHTS_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"resume_from_checkpoint: {folder!r} holds no {LORA_WEIGHTS_NAME}")
-    saved = saved_lora_config(path, component)
-    if saved is not None:
-        _check_same_lora_config(transformer, saved, path)
+    check_lora_checkpoint_config(transformer, folder, component)
     prefix = component + "."
     state = {k.removeprefix(prefix): v for k, v in load_file(path).items()}
     result = set_peft_model_state_dict(transformer, state)
@@ -93,6 +99,34 @@ def load_full_checkpoint(transformer: nn.Module, folder: str, component: str) ->
     for path in paths:
         state.update(load_file(path))
     transformer.load_state_dict(state, strict=True)
+
+
+def _diffusers_class(module: nn.Module) -> type:
+    """The model's own diffusers class: FSDP2's `fully_shard` swaps a module's class for an `FSDP<Name>` subclass."""
+    from diffusers import ModelMixin
+    from torch.distributed.fsdp import FSDPModule
+
+    for cls in type(module).__mro__:
+        if issubclass(cls, ModelMixin) and not issubclass(cls, FSDPModule):
+            return cls
+    raise TypeError(f"{type(module).__name__} is not a diffusers model")
+
+
+def save_transformer(transformer: nn.Module, folder: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """`transformer.save_pretrained(folder)`, or the same files made from `state_dict` when one is given.
+
+    Under FSDP2 or ZeRO-3 the module holds only this process's shards, and the Trainer hands over the whole model
+    gathered as `state_dict`. diffusers' `ModelMixin.save_pretrained` takes no state dict (it saves `self.state_dict()`),
+    so the gathered tensors are assigned, without a copy, to a shell of the model built on the meta device (no
+    memory), which diffusers then saves: the same config, safetensors shards and index as an unsharded save.
+    """
+    if state_dict is None:
+        transformer.save_pretrained(folder)
+        return
+    with torch.device("meta"):
+        shell = _diffusers_class(transformer).from_config(transformer.config)
+    shell.load_state_dict(state_dict, strict=True, assign=True)
+    shell.save_pretrained(folder)
 
 
 def publish_staged_folder(staged: str, final: str) -> None:

@@ -144,8 +144,13 @@ class NonFiniteGuard:
         self.loss_nonfinite = bad if self.loss_nonfinite is None else self.loss_nonfinite | bad
 
     def observe_grad_norm(self, grad_norm: torch.Tensor | float) -> None:
-        """Called with the step's total gradient norm (before the optimizer step), so it is not computed twice."""
-        self.grad_norm = grad_norm
+        """Called with the step's total gradient norm (before the optimizer step), so it is not computed twice.
+
+        Under FSDP2 the norm is a replicated DTensor, which the all-reduce of the non-finite flag cannot take:
+        its local, full value is used instead.
+        """
+        full_tensor = getattr(grad_norm, "full_tensor", None)  # a DTensor
+        self.grad_norm = full_tensor() if callable(full_tensor) else grad_norm
 
     def _nonfinite_flag(self) -> torch.Tensor | None:
         flags = [] if self.loss_nonfinite is None else [self.loss_nonfinite]

@@ -515,9 +515,10 @@ class SRPOTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         transformer = self.accelerator.unwrap_model(self.model)
         if state_dict is not None and not state_dict:
-            # DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the Trainer hands over an empty dict
-            # and writes DeepSpeed's own checkpoint instead (zero_to_fp32.py recovers the weights from it).
-            logger.warning("no gathered weights to save in %s: only DeepSpeed's checkpoint holds them", output_dir)
+            # Nothing was gathered here: DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save (the Trainer
+            # then writes DeepSpeed's own checkpoint, from which zero_to_fp32.py recovers the weights), or, with
+            # save_on_each_node, another machine than the one FSDP2 gathers the model on.
+            logger.warning("no gathered weights handed over for %s: no diffusers weights written there", output_dir)
         elif self.peft_config is not None:
             from peft.utils import get_peft_model_state_dict
 
