@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig
 from reward_copies import open_clip_state_dict, save_copy, save_hps_copy
+from uphill import uphill_step
 
 from srpo_trl import SRPOConfig, SRPOTrainer
 from srpo_trl.cli import main as cli_main
@@ -235,38 +236,37 @@ TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "th
 
 
 @pytest.mark.parametrize("name", sorted(REWARDS))
-def test_every_registered_name_trains_the_tiny_pipeline_and_raises_its_reward(tmp_path, config, name, caplog):
+def test_every_registered_name_steps_uphill_on_both_branches_at_the_recipe_defaults(tmp_path, config, name, caplog):
+    """One real step at the recipe's lr, grad clipping, each reward's own hinge threshold and the inversion branch
+    on: the weights move uphill on both branches' rewards (see `tests/uphill.py` for why that is the claim)."""
     path = save_copy(name, str(tmp_path / "reward"))
-    args = config(
-        max_steps=10,
-        learning_rate=0.1,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=2,
-        rollout_steps=3,
-        reward_dtype="float32",
-        hinge_threshold=100.0,  # keep the hinge active so every step has a gradient
-        use_inversion_branch=False,  # its swapped words pull the other way: measure the denoise branch alone
-    )
+    args = config(max_steps=1, per_device_train_batch_size=2, rollout_steps=3, reward_dtype="float32")
+    assert args.learning_rate == 5e-6 and args.max_grad_norm == 0.1
+    assert args.hinge_threshold is None and args.use_inversion_branch
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
         trainer = SRPOTrainer(
-            model=demo_pipeline(0),  # its VAE gives images with visible colour, so rewards move quickly
+            model=demo_pipeline(0),  # its VAE gives images with visible colour, so rewards respond to the weights
             reward_funcs=f"{name}:{path}",
             args=args,
             train_dataset=TRAIN,
-            eval_dataset=TRAIN,  # random tiny rewards: measure on the prompts trained on
             peft_config=LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian"),
         )
     reward = trainer.rewards[0]
     assert reward.name == name and not reward.training
     assert not any(p.requires_grad for p in reward.parameters())
+    assert trainer.hinge_thresholds == [REWARDS[name].hinge_threshold]
     assert ("image-only" in caplog.text) == (name == "laion-aesthetic")
     assert ("plain Direct-Align" in str(trainer.model_card(str(tmp_path)))) == (name == "laion-aesthetic")
-    before = trainer.evaluate()["eval_reward"]
-    trainer.train()
-    after = trainer.evaluate()["eval_reward"]
-    assert after > before, (name, before, after)
+
+    step = uphill_step(trainer)
+    assert set(step.dots) == {"denoise", "inversion"}
+    assert step.uphill, (name, step.dots)
+    # LoRA B starts at zero, so A has no gradient on the first step; every tensor that had one moved.
+    assert not step.unchanged_with_gradient and step.dtypes == {torch.float32}
+    assert all(step.changed[n] for n in step.changed if "lora_B" in n)
+    assert not any(p.requires_grad for p in reward.parameters()) and not reward.training
     logged = {k for row in trainer.state.log_history for k in row}
-    assert f"rewards/{name}/denoise" in logged
+    assert {f"rewards/{name}/denoise", f"rewards/{name}/inversion"} <= logged
 
 
 def test_two_rewards_by_name_with_weights_in_bf16(tmp_path, config):
