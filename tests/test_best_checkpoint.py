@@ -45,11 +45,16 @@ def _lora_state(trainer) -> dict[str, torch.Tensor]:
 
 
 def _saved_lora(checkpoint) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("transformer."): v for k, v in load_file(os.path.join(checkpoint, "pytorch_lora_weights.safetensors")).items()}
+    return {
+        k.removeprefix("transformer."): v
+        for k, v in load_file(os.path.join(checkpoint, "pytorch_lora_weights.safetensors")).items()
+    }
 
 
 @pytest.mark.parametrize("greater_is_better", [True, False], ids=["highest", "lowest"])
-def test_load_best_model_at_end_loads_the_checkpoint_with_the_best_held_out_reward(config, tmp_path, greater_is_better):
+def test_load_best_model_at_end_loads_the_checkpoint_with_the_best_held_out_reward(
+    config, tmp_path, greater_is_better
+):
     trainer = _trainer(config, tmp_path, max_steps=3, load_best_model_at_end=True, greater_is_better=greater_is_better)
     assert trainer.args.metric_for_best_model == "reward"  # srpo-trl's default: the held-out reward
     trainer.train()

@@ -86,9 +86,15 @@ def test_hf_argument_parser_parses_srpo_fields(tmp_path):
 
 
 def test_model_init_kwargs_take_dtype_as_transformers_5_and_trl_spell_it(tmp_path):
-    for kwargs in ({"dtype": "bfloat16"}, {"torch_dtype": "bfloat16"}, {"dtype": "bfloat16", "torch_dtype": "bfloat16"}):
+    for kwargs in (
+        {"dtype": "bfloat16"},
+        {"torch_dtype": "bfloat16"},
+        {"dtype": "bfloat16", "torch_dtype": "bfloat16"},
+    ):
         assert SRPOConfig(str(tmp_path), model_init_kwargs=kwargs).model_init_kwargs == {"torch_dtype": "bfloat16"}
-    assert SRPOConfig(str(tmp_path), model_init_kwargs='{"dtype": "auto"}').model_init_kwargs == {"torch_dtype": "auto"}
+    assert SRPOConfig(str(tmp_path), model_init_kwargs='{"dtype": "auto"}').model_init_kwargs == {
+        "torch_dtype": "auto"
+    }
     with pytest.raises(ValueError, match="give the dtype once, as dtype or as torch_dtype"):
         SRPOConfig(str(tmp_path), model_init_kwargs={"dtype": "bfloat16", "torch_dtype": "float16"})
     with pytest.raises(ValueError, match=r"torch_dtype='bf17' is not a torch dtype"):

@@ -53,7 +53,9 @@ def _branch_gradients(trainer) -> dict[str, torch.Tensor]:
     gradients = {}
     for branch, loss in losses.items():
         grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        gradients[branch] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+        gradients[branch] = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]
+        )
     return gradients
 
 
@@ -123,7 +125,9 @@ def test_a_hinge_below_the_rewards_scale_is_reported_by_name(config, caplog):
     trainer = _trainer(never_active, config, max_steps=4, use_inversion_branch=False)
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
         trainer.train()
-    assert "reward 'never_active': its hinge relu(-10.0 - R) has been zero on every sample for 3 batches" in caplog.text
+    assert (
+        "reward 'never_active': its hinge relu(-10.0 - R) has been zero on every sample for 3 batches" in caplog.text
+    )
     assert "SRPOConfig.hinge_threshold" in caplog.text
     assert caplog.text.count("reward 'never_active': its hinge") == 1  # once, not every step
     active = [row["hinge_active/denoise"] for row in trainer.state.log_history if "hinge_active/denoise" in row]

@@ -215,8 +215,10 @@ class SRPOConfig(TrainingArguments):
     )
     trainable_dtype: str = field(
         default="float32",
-        metadata={"help": "Dtype of the trainable weights and optimizer states: float32 (fp32 master weights), "
-                  "bfloat16 (pure bf16, saves memory; small updates round away) or auto (as loaded)."},
+        metadata={
+            "help": "Dtype of the trainable weights and optimizer states: float32 (fp32 master weights), "
+            "bfloat16 (pure bf16, saves memory; small updates round away) or auto (as loaded)."
+        },
     )
     max_sequence_length: int = field(default=512, metadata={"help": "Maximum T5 tokens per prompt."})
     transformer_gradient_checkpointing: bool = field(
@@ -477,7 +479,9 @@ class SRPOConfig(TrainingArguments):
         if self.reward_weights is not None:
             self.reward_weights = [float(w) for w in self.reward_weights]
         if self.hinge_threshold is not None:
-            values = self.hinge_threshold if isinstance(self.hinge_threshold, (list, tuple)) else [self.hinge_threshold]
+            values = (
+                self.hinge_threshold if isinstance(self.hinge_threshold, (list, tuple)) else [self.hinge_threshold]
+            )
             if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 fail("hinge_threshold", self.hinge_threshold, "expected a number or a list of numbers, one per reward")
             self.hinge_threshold = [float(v) for v in values]

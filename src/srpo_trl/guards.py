@@ -87,7 +87,9 @@ class InactiveHingeWatch:
     def update(self, metrics: dict[str, float], batches: int) -> None:
         """`metrics`: one logging window's means; `batches`: how many batches that window held."""
         for name, tau in self.thresholds.items():
-            fractions = [v for k, v in metrics.items() if k.startswith(f"rewards/{name}/") and k.endswith("_hinge_active")]
+            fractions = [
+                v for k, v in metrics.items() if k.startswith(f"rewards/{name}/") and k.endswith("_hinge_active")
+            ]
             if not fractions:
                 continue
             if max(fractions) > 0:
