@@ -143,3 +143,15 @@ def publish_staged_folder(staged: str, final: str) -> None:
         os.rmdir(os.path.dirname(staged))
     except OSError:
         pass
+
+
+def point_best_checkpoint_at_published(state, staged: str, run_dir: str, write: bool) -> None:
+    """The Trainer records a new best checkpoint where it wrote it, under the staging folder: point the trainer
+    state (and, when `write`, the staged copy of it) at where the checkpoint is published, before it is."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
+    best = state.best_model_checkpoint
+    if best is not None and os.path.dirname(best) == os.path.dirname(staged):
+        state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+        if write:
+            state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))

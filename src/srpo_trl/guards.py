@@ -222,3 +222,19 @@ class InterruptionHandler:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+    def stop_if_received(self, step: int, last_checkpoint: str) -> None:
+        """After training: when a signal stopped it, say where it stopped and exit as the signal asked.
+
+        SIGTERM exits with status 143 (128 + 15); SIGINT raises `KeyboardInterrupt`.
+        """
+        if self.received is None:
+            return
+        message = (
+            f"training stopped by {signal.Signals(self.received).name} at step {step}; {last_checkpoint} "
+            "Resume with trainer.train(resume_from_checkpoint=True)."
+        )
+        logger.warning(message)
+        if self.received == signal.SIGINT:
+            raise KeyboardInterrupt(message)
+        raise SystemExit(128 + self.received)

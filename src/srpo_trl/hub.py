@@ -10,6 +10,17 @@ from huggingface_hub import ModelCard, ModelCardData
 
 SAMPLES_DIR = "samples"  # sample images shown by the model card, with prompts.json saying how they were made
 
+
+def result_files(trainable_component: str) -> list[str]:
+    """What `push_to_hub` uploads: the diffusers-loadable result, the card, the config and the samples (never
+    checkpoints, logs or staging folders)."""
+    from transformers.trainer import TRAINING_ARGS_NAME
+
+    from .checkpointing import LORA_WEIGHTS_NAME
+
+    return [LORA_WEIGHTS_NAME, f"{trainable_component}/*", "README.md", TRAINING_ARGS_NAME, f"{SAMPLES_DIR}/*"]
+
+
 CITATION = """@article{shen2025srpo,
   title   = {Directly Aligning the Full Diffusion Trajectory with Fine-Grained Human Preference},
   author  = {Shen, Xiangwei and Li, Zhimin and Yang, Zhantao and Zhang, Shiyi and Zhang, Yingfang and Li, Donghao and Wang, Chunyu and Lu, Qinglin and Tang, Yansong},

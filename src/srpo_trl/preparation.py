@@ -11,10 +11,12 @@ import copy
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .data import check_columns
 from .models import check_model_index
 from .models.base import check_lora_reloads
 from .quantization import quantize_frozen_base
@@ -131,3 +133,66 @@ def prepare_trainable(pipeline, adapter, args, peft_config):
     else:
         pipeline.vae.disable_slicing()
     return transformer, peft_config
+
+
+@dataclass
+class RewardSetup:
+    """The rewards a run trains on, with their weights and hinge thresholds, and the ones it only watches."""
+
+    trained: list[Reward]
+    weights: list[float]
+    hinge_thresholds: list[float]
+    watched: list[Reward]
+
+
+def resolve_reward_setup(reward_funcs, eval_reward_funcs, args) -> RewardSetup:
+    """Check the reward settings against the reward functions, then resolve them (names before any weights load)."""
+    count = len(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else 1
+    weights = args.reward_weights or [1.0] * count
+    if len(weights) != count:
+        raise ValueError(
+            f"SRPOConfig.reward_weights has {len(weights)} values but there are {count} "
+            "reward functions; give one weight per reward function"
+        )
+    thresholds = args.hinge_threshold
+    if thresholds is not None and len(thresholds) not in (1, count):
+        raise ValueError(
+            f"SRPOConfig.hinge_threshold has {len(thresholds)} values but there are {count} reward functions; "
+            "give one value for all of them or one per reward function"
+        )
+    trained = resolve_rewards(reward_funcs, args)
+    watched = [] if eval_reward_funcs is None else resolve_rewards(eval_reward_funcs, args, trained=False)
+    clashes = sorted(r.name for r in watched if r.name in {t.name for t in trained})
+    if clashes:
+        raise ValueError(
+            f"eval_reward_funcs: {clashes} are trained on already, and every trained reward is evaluated; "
+            "give only rewards that are not in reward_funcs"
+        )
+    if thresholds is None:  # each reward's own, on its own scale
+        thresholds = [float(r.hinge_threshold) for r in trained]
+    elif len(thresholds) == 1:
+        thresholds = thresholds * count
+    if any(r.text_conditioned for r in trained):
+        for field_name in ("positive_control_words", "negative_control_words"):
+            if not getattr(args, field_name):
+                raise ValueError(
+                    f"SRPOConfig.{field_name} is empty, but a text-conditioned reward is in use; give at least "
+                    "one word (e.g. the recipe's)"
+                )
+    return RewardSetup(trained, list(weights), list(thresholds), watched)
+
+
+def check_pipeline_inputs(adapter, args, train_dataset, eval_dataset) -> None:
+    """What needs the pipeline's family to check: the reference-image column of editing families, and the size."""
+    if adapter.requires_reference_image:  # the rows were checked before loading; the column is checked here
+        reference = [("dataset_reference_image_column", args.dataset_reference_image_column)]
+        for what, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if dataset is not None and not isinstance(dataset, dict):
+                check_columns(dataset, reference, what)
+    height, width = args.image_size
+    g = adapter.latent_granularity
+    if height % g or width % g:
+        raise ValueError(
+            f"SRPOConfig.resolution={args.resolution!r} is invalid: height and width must be multiples of "
+            f"{g} for this pipeline"
+        )

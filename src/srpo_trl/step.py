@@ -57,6 +57,36 @@ class SRPOStep:
     train_guidance_scale: float = 3.5
     use_inversion_branch: bool = True
 
+    @classmethod
+    def from_config(cls, adapter, args, rewards, reward_weights, hinge_thresholds) -> SRPOStep:
+        """The step an `SRPOConfig` describes: its window, shift (the family's at the resolution unless given),
+        rollout grid, guidance and branches."""
+        height, width = args.image_size
+        shift = args.time_shift or adapter.default_time_shift(height, width)
+        window = direct_align.TrainingWindow(
+            grid_steps=args.window_grid_steps,
+            start_index=args.window_start_index,
+            end_index=args.window_end_index,
+            shift=shift,
+            num_levels=args.num_levels,
+            rho=args.rho,
+            denoise_discount=tuple(args.denoise_discount),
+            inversion_discount=tuple(args.inversion_discount),
+        )
+        return cls(
+            adapter=adapter,
+            window=window,
+            rewards=rewards,
+            reward_weights=reward_weights,
+            hinge_thresholds=hinge_thresholds,
+            rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
+            height=height,
+            width=width,
+            rollout_guidance_scale=args.rollout_guidance_scale,
+            train_guidance_scale=args.train_guidance_scale,
+            use_inversion_branch=args.use_inversion_branch,
+        )
+
     @torch.no_grad()
     def rollout(self, model, eps: torch.Tensor, text: dict, guidance_scale: float | None = None) -> torch.Tensor:
         """Clean latents `x0` from `eps` along the shifted rollout grid, without gradient."""

@@ -280,3 +280,45 @@ class TextEmbeddingCache:
         self.encoders_released = True
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def build_text_cache(adapter, accelerator, args, train_dataset, eval_dataset) -> TextEmbeddingCache:
+    """The trainer's cache: the datasets' prompts precomputed within the memory budget (or to the disk folder), and
+    the text encoders released when every prompt is cached."""
+    from .data import dataset_prompts
+
+    if not args.cache_text_embeddings:  # no cache at all: every prompt is encoded at every use
+        return TextEmbeddingCache(adapter, accelerator.device, memory_budget_mb=0)
+    cache = TextEmbeddingCache(
+        adapter,
+        accelerator.device,
+        args.text_embedding_cache_dir,
+        memory_budget_mb=args.text_embedding_cache_memory_mb,
+    )
+    column = args.dataset_prompt_column
+    train_prompts = dataset_prompts(train_dataset, column)
+    eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+    eval_prompts = [p for d in eval_sets for p in (dataset_prompts(d, column) or [])]
+    # The samples logged during training too, so that a complete cache spares the encoders every call.
+    prompts = (train_prompts or []) + eval_prompts + list(args.sample_prompts or [])
+    complete = cache.precompute(prompts, accelerator.process_index, accelerator.num_processes)
+    accelerator.wait_for_everyone()  # a shared disk cache is complete before anyone reads it
+    if train_prompts is None:
+        # A stream's prompts are unknown in advance: they are encoded as they arrive, so the encoders stay.
+        logger.warning("streamed train_dataset: prompts are encoded as they arrive; text encoders stay in place")
+    elif not complete:
+        count = len(set(prompts))
+        # Lazy encoding needs the encoders at every step: running T5-XXL on the CPU, or moving its 9.5 GB to the
+        # accelerator and back, would cost seconds a step, so they stay (the warning names the ways out).
+        logger.warning(
+            "the text embeddings of %d prompts (about %.0f MiB) exceed text_embedding_cache_memory_mb=%s: prompts "
+            "are encoded when first needed and the text encoders stay on %s; set text_embedding_cache_dir to "
+            "precompute them to disk and release the encoders",
+            count,
+            count * (cache.entry_bytes or 0) / 2**20,
+            args.text_embedding_cache_memory_mb,
+            accelerator.device,
+        )
+    elif args.release_text_encoders:
+        cache.release_encoders()
+    return cache

@@ -6,7 +6,6 @@ import copy
 import logging
 import os
 import shutil
-import signal
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -14,41 +13,42 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
-from . import direct_align
 from .attention import training_attention
 from .callbacks import SamplesAndRewardCurve, StopOnSignal, log_images_to_trackers
 from .checkpointing import (
-    LORA_WEIGHTS_NAME,
     STAGING_DIR_NAME,
     load_full_checkpoint,
     load_lora_checkpoint,
+    point_best_checkpoint_at_published,
     publish_staged_folder,
 )
 from .config import SRPOConfig
-from .data import check_columns, check_dataset, check_prompts, dataset_prompts, has_image_column, image_to_tensor
+from .data import check_dataset, collate_rows, has_image_column
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
-from .hub import SAMPLES_DIR, save_sample_images, trainer_model_card
+from .hub import result_files, save_sample_images, trainer_model_card
 from .integrations import adapt_tracker_callbacks
+from .metrics import MetricsBuffer
 from .models import get_adapter
 from .module_state import cast_trainable_parameters, eval_mode
-from .preparation import check_output_dir, load_pipeline, prepare_trainable, resolve_rewards
-from .rewards import Reward, srp_score
+from .preparation import (
+    check_output_dir,
+    check_pipeline_inputs,
+    load_pipeline,
+    prepare_trainable,
+    resolve_reward_setup,
+)
+from .rewards import Reward
+from .rewards.base import held_out_scores
 from .step import SRPOStep
-from .text_cache import TextEmbeddingCache
+from .text_cache import build_text_cache
 
 logger = logging.getLogger(__name__)
 
 
 RewardLike = Reward | Callable | str
-_SQUARES = "::squares"  # suffix of the recorded mean squares a metric's standard deviation is computed from
-
-
-def _std_name(key: str) -> str:
-    """TRL's names: `reward` -> `reward_std`, `rewards/{name}/mean` -> `rewards/{name}/std`."""
-    return key.removesuffix("/mean") + "/std" if key.endswith("/mean") else key + "_std"
 
 
 class SRPOTrainer(Trainer):
@@ -117,81 +117,15 @@ class SRPOTrainer(Trainer):
 
         check_output_dir(args.output_dir)
 
-        count = len(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else 1
-        weights = args.reward_weights or [1.0] * count
-        if len(weights) != count:
-            raise ValueError(
-                f"SRPOConfig.reward_weights has {len(weights)} values but there are {count} "
-                "reward functions; give one weight per reward function"
-            )
-        self.reward_weights = weights
-        thresholds = args.hinge_threshold
-        if thresholds is not None and len(thresholds) not in (1, count):
-            raise ValueError(
-                f"SRPOConfig.hinge_threshold has {len(thresholds)} values but there are {count} reward functions; "
-                "give one value for all of them or one per reward function"
-            )
-        self.rewards = resolve_rewards(reward_funcs, args)
-        self.eval_only_rewards = []
-        if eval_reward_funcs is not None:
-            self.eval_only_rewards = resolve_rewards(eval_reward_funcs, args, trained=False)
-            trained_names = {r.name for r in self.rewards}
-            clashes = sorted(r.name for r in self.eval_only_rewards if r.name in trained_names)
-            if clashes:
-                raise ValueError(
-                    f"eval_reward_funcs: {clashes} are trained on already, and every trained reward is evaluated; "
-                    "give only rewards that are not in reward_funcs"
-                )
-        if thresholds is None:
-            self.hinge_thresholds = [float(r.hinge_threshold) for r in self.rewards]
-        else:
-            self.hinge_thresholds = thresholds * count if len(thresholds) == 1 else list(thresholds)
-        if any(r.text_conditioned for r in self.rewards):
-            for field_name in ("positive_control_words", "negative_control_words"):
-                if not getattr(args, field_name):
-                    raise ValueError(
-                        f"SRPOConfig.{field_name} is empty, but a text-conditioned reward is in use; give at least "
-                        "one word (e.g. the recipe's)"
-                    )
+        rewards = resolve_reward_setup(reward_funcs, eval_reward_funcs, args)
+        self.rewards, self.eval_only_rewards = rewards.trained, rewards.watched
+        self.reward_weights, self.hinge_thresholds = rewards.weights, rewards.hinge_thresholds
 
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         self.height, self.width = args.image_size
-        if self.adapter.requires_reference_image:  # the rows were checked above; the column is checked here
-            reference = [("dataset_reference_image_column", args.dataset_reference_image_column)]
-            for what, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-                if dataset is not None and not isinstance(dataset, dict):
-                    check_columns(dataset, reference, what)
-        g = self.adapter.latent_granularity
-        if self.height % g or self.width % g:
-            raise ValueError(
-                f"SRPOConfig.resolution={args.resolution!r} is invalid: height and width must be multiples of "
-                f"{g} for this pipeline"
-            )
-        shift = args.time_shift or self.adapter.default_time_shift(self.height, self.width)
-        window = direct_align.TrainingWindow(
-            grid_steps=args.window_grid_steps,
-            start_index=args.window_start_index,
-            end_index=args.window_end_index,
-            shift=shift,
-            num_levels=args.num_levels,
-            rho=args.rho,
-            denoise_discount=tuple(args.denoise_discount),
-            inversion_discount=tuple(args.inversion_discount),
-        )
-        self.step = SRPOStep(
-            adapter=self.adapter,
-            window=window,
-            rewards=self.rewards,
-            reward_weights=self.reward_weights,
-            hinge_thresholds=self.hinge_thresholds,
-            rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
-            height=self.height,
-            width=self.width,
-            rollout_guidance_scale=args.rollout_guidance_scale,
-            train_guidance_scale=args.train_guidance_scale,
-            use_inversion_branch=args.use_inversion_branch,
-        )
+        check_pipeline_inputs(self.adapter, args, train_dataset, eval_dataset)
+        self.step = SRPOStep.from_config(self.adapter, args, self.rewards, self.reward_weights, self.hinge_thresholds)
 
         if args.quantize_base is not None and peft_config is None:
             raise ValueError(
@@ -219,8 +153,8 @@ class SRPOTrainer(Trainer):
                 self.height,
                 self.width,
             )
-        self.text_cache = self._build_text_cache(train_dataset, eval_dataset)
-        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.text_cache = build_text_cache(self.adapter, self.accelerator, self.args, train_dataset, eval_dataset)
+        self._metrics = {"train": MetricsBuffer(), "eval": MetricsBuffer()}
         self._noise_key = (-1, 0)  # (global step, micro-batch index within it)
         self._staging_checkpoint = False
         self._rewards_checked = False  # the reward contract is checked on the first batch
@@ -253,62 +187,10 @@ class SRPOTrainer(Trainer):
         for reward in [*self.rewards, *self.eval_only_rewards]:
             reward.to(device)
 
-    def _build_text_cache(self, train_dataset, eval_dataset) -> TextEmbeddingCache:
-        """Precompute the datasets' prompts within the cache's memory budget (or to its disk folder), and release the
-        text encoders when every prompt is cached (see `srpo_trl.text_cache`)."""
-        args = self.args
-        if not args.cache_text_embeddings:  # no cache at all: every prompt is encoded at every use
-            return TextEmbeddingCache(self.adapter, self.accelerator.device, memory_budget_mb=0)
-        cache = TextEmbeddingCache(
-            self.adapter,
-            self.accelerator.device,
-            args.text_embedding_cache_dir,
-            memory_budget_mb=args.text_embedding_cache_memory_mb,
-        )
-        column = args.dataset_prompt_column
-        train_prompts = dataset_prompts(train_dataset, column)
-        eval_sets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
-        eval_prompts = [p for d in eval_sets for p in (dataset_prompts(d, column) or [])]
-        # The samples logged during training too, so that a complete cache spares the encoders every call.
-        prompts = (train_prompts or []) + eval_prompts + list(args.sample_prompts or [])
-        complete = cache.precompute(prompts, self.accelerator.process_index, self.accelerator.num_processes)
-        self.accelerator.wait_for_everyone()  # a shared disk cache is complete before anyone reads it
-        if train_prompts is None:
-            # A stream's prompts are unknown in advance: they are encoded as they arrive, so the encoders stay.
-            logger.warning("streamed train_dataset: prompts are encoded as they arrive; text encoders stay in place")
-        elif not complete:
-            count = len(set(prompts))
-            # Lazy encoding needs the encoders at every step: running T5-XXL on the CPU, or moving its 9.5 GB to the
-            # accelerator and back, would cost seconds a step, so they stay (the warning names the ways out).
-            logger.warning(
-                "the text embeddings of %d prompts (about %.0f MiB) exceed text_embedding_cache_memory_mb=%s: prompts "
-                "are encoded when first needed and the text encoders stay on %s; set text_embedding_cache_dir to "
-                "precompute them to disk and release the encoders",
-                count,
-                count * (cache.entry_bytes or 0) / 2**20,
-                args.text_embedding_cache_memory_mb,
-                self.accelerator.device,
-            )
-        elif args.release_text_encoders:
-            cache.release_encoders()
-        return cache
-
     def _collate(self, features: list[dict]) -> dict:
-        column = self.args.dataset_prompt_column
-        batch = {"prompt": check_prompts([f[column] for f in features], column)}
-        if self.adapter.requires_reference_image:
-            reference_column = self.args.dataset_reference_image_column
-            batch["reference_images"] = torch.stack(
-                [image_to_tensor(f[reference_column], self.height, self.width) for f in features]
-            )
-        image_column = self.args.dataset_image_column
-        if self.offline and image_column in features[0]:  # eval prompts come without images
-            batch["images"] = torch.stack(
-                [image_to_tensor(f[image_column], self.height, self.width) for f in features]
-            )
-        return batch
-
-    # ------------------------------------------------------------ randomness
+        return collate_rows(
+            features, self.args, self.height, self.width, self.adapter.requires_reference_image, self.offline
+        )
 
     def _step_generator(self) -> torch.Generator:
         """A CPU generator keyed by (seed, step, micro-batch): the same on every rank, and reproducible on resume."""
@@ -322,7 +204,7 @@ class SRPOTrainer(Trainer):
         pos, neg = self.args.positive_control_words, self.args.negative_control_words
         return (pos[step % len(pos)] if pos else "", neg[step % len(neg)] if neg else "")
 
-    # -------------------------------------------------------------- sampling
+    # ------------------------------------------------------ randomness, sampling
 
     def _conditioning(self, prompts: list[str], reference_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Cached text embeddings, plus the reference images' latents for image-editing families."""
@@ -403,35 +285,15 @@ class SRPOTrainer(Trainer):
         return losses
 
     def _record(self, key: str, values: torch.Tensor, mode: str = "train", with_std: bool = False) -> None:
-        """Keep this process's mean of a metric, on the device (no host sync, no collective in the step).
-
-        `with_std` also keeps the mean square, from which the log gets the standard deviation over every sample.
-        """
-        values = values.detach().float()
-        self._metrics[mode][key].append(values.mean())
-        if with_std:
-            self._metrics[mode][key + _SQUARES].append(values.square().mean())
-
-    def _gathered_metrics(self, mode: str) -> dict[str, float]:
-        """Each recorded metric averaged over its steps and over all processes: one collective per log."""
-        keys = sorted(k for k, v in self._metrics[mode].items() if v)
-        if not keys:
-            return {}
-        local = torch.stack([torch.stack(self._metrics[mode][k]).mean() for k in keys])
-        # Every process records the same keys each step (and the same number of samples), so the mean of
-        # the processes' means is the mean over all samples.
-        means = dict(zip(keys, self.accelerator.gather(local).reshape(-1, len(keys)).mean(0).tolist()))
-        for key in [k for k in keys if k.endswith(_SQUARES)]:  # std over all samples: sqrt(E[x^2] - E[x]^2)
-            base = key.removesuffix(_SQUARES)
-            means[_std_name(base)] = max(means.pop(key) - means[base] ** 2, 0.0) ** 0.5
-        return means
+        """Keep a metric on the device (see `srpo_trl.metrics`): no host sync, no collective in the step."""
+        self._metrics[mode].record(key, values, with_std)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # An explicit flag, not `self.model.training`: under regional compilation the Trainer switches modes on
         # a copy of the top-level module, so the original's flag would say "eval" for the whole run.
         mode = "eval" if self._evaluating else "train"
-        batches = len(self._metrics[mode].get("loss/denoise", []))
-        metrics = self._gathered_metrics(mode)
+        batches = self._metrics[mode].batches("loss/denoise")
+        metrics = self._metrics[mode].gathered(self.accelerator.gather)
         if mode == "train":
             self._hinge_watch.update(metrics, batches)
         if mode == "train" and self._nonfinite_guard is not None and self._nonfinite_guard.skipped_total:
@@ -445,8 +307,8 @@ class SRPOTrainer(Trainer):
     def create_model_card(self, *args, **kwargs) -> None:
         """Write srpo-trl's model card (used by `push_to_hub`) instead of the Trainer's language-model card."""
         if self.is_world_process_zero():
-            repo = self.args.hub_model_id or self.args.output_dir
-            self.model_card(repo).save(os.path.join(self.args.output_dir, "README.md"))
+            card = self.model_card(self.args.hub_model_id or self.args.output_dir)
+            card.save(os.path.join(self.args.output_dir, "README.md"))
 
     # ------------------------------------------------------------ evaluation
 
@@ -483,15 +345,9 @@ class SRPOTrainer(Trainer):
             images = self.generate(
                 prompts, seed=self.args.seed + index, reference_images=inputs.get("reference_images")
             )
-            with torch.no_grad():
-                total = torch.zeros(len(prompts), device=images.device)
-                weights = [*self.reward_weights, *[0.0] * len(self.eval_only_rewards)]  # watched, not trained on
-                for reward, weight in zip([*self.rewards, *self.eval_only_rewards], weights):
-                    srp = srp_score(reward, images, prompts, *words)
-                    sums[f"rewards/{reward.name}/srp"].append(srp)
-                    sums[f"rewards/{reward.name}/plain"].append(reward.score(images, prompts).float())
-                    total = total + weight * srp
-                sums["reward"].append(total)
+            scores = held_out_scores(self.rewards, self.reward_weights, self.eval_only_rewards, images, prompts, words)
+            for key, values in scores.items():
+                sums[key].append(values)
         return {
             f"{prefix}_{k}": self.accelerator.gather_for_metrics(torch.cat(v)).mean().item() for k, v in sums.items()
         }
@@ -591,13 +447,7 @@ class SRPOTrainer(Trainer):
             commit_message=commit_message,
             token=token,
             run_as_future=not blocking,
-            allow_patterns=[
-                LORA_WEIGHTS_NAME,
-                f"{self.adapter.trainable_component}/*",
-                "README.md",
-                TRAINING_ARGS_NAME,
-                f"{SAMPLES_DIR}/*",
-            ],
+            allow_patterns=result_files(self.adapter.trainable_component),
             revision=revision if revision is not None else self.args.hub_revision,
         )
 
@@ -652,7 +502,7 @@ class SRPOTrainer(Trainer):
         return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
 
     def _describe_last_checkpoint(self) -> str:
-        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        last = os.path.isdir(self.args.output_dir) and get_last_checkpoint(self.args.output_dir)
         return f"The last good checkpoint, {last}, is intact." if last else "No checkpoint had been written yet."
 
     def train(self, *args, **kwargs):
@@ -664,17 +514,8 @@ class SRPOTrainer(Trainer):
         self._interruption = InterruptionHandler()
         with self._interruption:
             output = super().train(*args, **kwargs)
-        signum = self._interruption.received
-        if signum is None:
-            return output
-        message = (
-            f"training stopped by {signal.Signals(signum).name} at step {self.state.global_step}; "
-            f"{self._describe_last_checkpoint()} Resume with trainer.train(resume_from_checkpoint=True)."
-        )
-        logger.warning(message)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt(message)
-        raise SystemExit(128 + signum)
+        self._interruption.stop_if_received(self.state.global_step, self._describe_last_checkpoint())
+        return output
 
     # ------------------------------------------------------ checkpoints, resume
 
@@ -707,22 +548,11 @@ class SRPOTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._staging_checkpoint = False
-        # The Trainer records a new best checkpoint where it wrote it, under the staging folder: point the state
-        # (and the staged copy of it) at where the checkpoint is published, before it is.
-        best = self.state.best_model_checkpoint
-        if best is not None and os.path.dirname(best) == os.path.dirname(staged):
-            self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            if self.args.should_save:
-                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        point_best_checkpoint_at_published(self.state, staged, run_dir, write=self.args.should_save)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             publish_staged_folder(staged, os.path.join(run_dir, name))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
     def _load_best_model(self) -> None:

@@ -167,3 +167,18 @@ def srp_score(reward: Reward, images: torch.Tensor, prompts: Sequence[str], posi
         return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
 
     return mean_over(positive_words) - mean_over(negative_words)
+
+
+@torch.no_grad()
+def held_out_scores(rewards, weights, watched, images: torch.Tensor, prompts, words) -> dict[str, torch.Tensor]:
+    """Per-sample evaluation scores: each reward's SRP ([`srp_score`], `k = 0`) and plain `f(x, prompt)`, and
+    `reward`, the weighted SRP of the trained `rewards`; the `watched` rewards are scored, never weighted in."""
+    scores = {}
+    total = torch.zeros(len(prompts), device=images.device)
+    for reward, weight in zip([*rewards, *watched], [*weights, *[0.0] * len(watched)]):
+        srp = srp_score(reward, images, prompts, *words)
+        scores[f"rewards/{reward.name}/srp"] = srp
+        scores[f"rewards/{reward.name}/plain"] = reward.score(images, prompts).float()
+        total = total + weight * srp
+    scores["reward"] = total
+    return scores
