@@ -253,7 +253,7 @@ def build_reward(args):
         from srpo_trl.testing import tiny_clip_reward
 
         return tiny_clip_reward(args.seed, scale=1.0, name="hps", dtype=dtype).to(device)
-    from srpo_trl.testing import vit_h_clip_reward
+    from full_size_models import vit_h_clip_reward
 
     layers = (
         {} if args.reward_layers is None else dict(vision_layers=args.reward_layers, text_layers=args.reward_layers)
@@ -275,7 +275,7 @@ def build_models(args) -> Models:
         pipe = tiny_flux_pipeline(args.seed, dtype=dtype)
         pipe.to(device)
     else:
-        from srpo_trl.testing import flux_dev_pipeline
+        from full_size_models import flux_dev_pipeline
 
         pipe = flux_dev_pipeline(
             args.seed,

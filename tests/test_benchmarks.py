@@ -18,6 +18,8 @@ def bench_step():
     spec = importlib.util.spec_from_file_location("bench_step", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_step"] = module  # its dataclasses look their module up
+    if str(BENCH.parent) not in sys.path:  # as when it runs as a script: its full-size builders sit beside it
+        sys.path.insert(0, str(BENCH.parent))
     spec.loader.exec_module(module)
     return module
 
