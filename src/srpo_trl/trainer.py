@@ -284,9 +284,9 @@ class SRPOTrainer(Trainer):
         self._rewards_checked = True
         return losses
 
-    def _record(self, key: str, values: torch.Tensor, mode: str = "train", with_std: bool = False) -> None:
-        """Keep a metric on the device (see `srpo_trl.metrics`): no host sync, no collective in the step."""
-        self._metrics[mode].record(key, values, with_std)
+    def _record(self, key: str, values: torch.Tensor, with_std: bool = False) -> None:
+        """Keep a training metric on the device (see `srpo_trl.metrics`): no host sync, no collective in the step."""
+        self._metrics["train"].record(key, values, with_std)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # An explicit flag, not `self.model.training`: under regional compilation the Trainer switches modes on
