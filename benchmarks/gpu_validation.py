@@ -422,8 +422,7 @@ def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.flo
     from peft import LoraConfig
 
     from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.demo import demo_pipeline
-    from srpo_trl.testing import tiny_srpo_config
+    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_srpo_config
 
     train = bench_step._dataset([{"prompt": p} for p in ["a cat", "a dog on a hill", "a house", "the sea"]])
     held_out = bench_step._dataset([{"prompt": p} for p in ["a bird", "a tree", "a car"]])
@@ -441,7 +440,7 @@ def tiny_bf16_trainer(steps: int, seed: int, cpu: bool, pipeline_dtype=torch.flo
     kwargs.update(overrides)
     output_dir = kwargs.pop("output_dir", None) or tempfile.mkdtemp(prefix="srpo_bf16_")  # nothing is saved
     torch.manual_seed(seed)
-    pipe = demo_pipeline(0)
+    pipe = tiny_colour_flux_pipeline(0)
     if pipeline_dtype != torch.float32:
         pipe.to(dtype=pipeline_dtype)
     return SRPOTrainer(

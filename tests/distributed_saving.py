@@ -73,9 +73,9 @@ def lora_loaded_by_diffusers(folder) -> dict:
     from diffusers import FluxPipeline
     from peft.utils import get_peft_model_state_dict
 
-    from srpo_trl.demo import demo_pipeline
+    from srpo_trl.testing import tiny_colour_flux_pipeline
 
-    pipe = demo_pipeline(0)  # the base the LoRA was trained on
+    pipe = tiny_colour_flux_pipeline(0)  # the base the LoRA was trained on
     assert type(pipe) is FluxPipeline
     pipe.load_lora_weights(str(folder))
     (adapter,) = pipe.transformer.peft_config

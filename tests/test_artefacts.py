@@ -7,7 +7,7 @@ from peft import LoraConfig
 from PIL import Image
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 
 def _images_in_tensorboard(log_dir):
@@ -31,7 +31,7 @@ def test_samples_go_to_tensorboard_and_the_reward_curve_is_written(config, tmp_p
         disable_tqdm=False,
     )
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
@@ -55,12 +55,12 @@ import sys
 from datasets import Dataset
 from peft import LoraConfig
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 from srpo_trl.testing import tiny_srpo_config
 
 args = tiny_srpo_config(sys.argv[1], max_steps=2, report_to="trackio", project="srpo-test", run_name="run0",
                         sample_prompts=["a red house", "the blue sea"], sample_steps=1)
-trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args,
+trainer = SRPOTrainer(tiny_colour_flux_pipeline(0), ColorWordReward(), args=args,
                       train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
                       peft_config=LoraConfig(r=4, lora_alpha=8))
 trainer.train()

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from transformers import EarlyStoppingCallback
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.rewards import image_only
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 HELD_OUT = Dataset.from_dict({"prompt": ["a boat", "a tree"]})
@@ -27,7 +27,7 @@ def _trainer(config, tmp_path, callbacks=None, **overrides):
     settings = dict(eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1)
     args = config(per_device_train_batch_size=2, output_dir=str(tmp_path / "run"), **{**settings, **overrides})
     return SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=TRAIN,

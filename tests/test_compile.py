@@ -6,7 +6,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 
 # Whole-model compilation (not the default) takes over a minute to capture on a 2-core CPU: `-m slow`.
@@ -20,7 +20,7 @@ def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, region
         torch_compile_regions=regions, transformer_gradient_checkpointing=True, output_dir=str(tmp_path / "out"),
     )  # fmt: skip
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog"]}),
@@ -46,7 +46,7 @@ def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, region
     assert trainer._metrics["train"] == {} or not any(trainer._metrics["train"].values())
     # The trained LoRA is saved from the uncompiled model, under diffusers' names, and loads in a stock pipeline.
     trainer.save_model()
-    plain = demo_pipeline(0)
+    plain = tiny_colour_flux_pipeline(0)
     plain.load_lora_weights(args.output_dir)
     assert any("lora" in n for n, _ in plain.transformer.named_parameters())
 
@@ -61,7 +61,7 @@ def test_resume_with_compiled_blocks_continues_exactly(config, tmp_path):
             save_strategy="steps", save_steps=2, output_dir=str(output_dir),
         )  # fmt: skip
         return SRPOTrainer(
-            demo_pipeline(0),
+            tiny_colour_flux_pipeline(0),
             ColorWordReward(),
             args=args,
             train_dataset=Dataset.from_dict({"prompt": ["a cat", "a dog", "a house", "the sea"]}),

@@ -13,9 +13,8 @@ from uphill import uphill_step
 
 from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.data import image_to_tensor, load_prompt_dataset
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.models import get_adapter
-from srpo_trl.testing import tiny_flux_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux_pipeline
 from srpo_trl.text_cache import TextEmbeddingCache, text_encoder_fingerprint
 
 PROMPTS = ["a cat", "a dog on a hill", "a house", "the sea"]
@@ -209,7 +208,7 @@ def test_offline_mode_uses_dataset_images_and_steps_uphill_at_the_recipe_default
     assert args.learning_rate == 5e-6 and args.max_grad_norm == 0.1
     assert args.hinge_threshold is None and args.use_inversion_branch
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
-        trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=data)
+        trainer = SRPOTrainer(tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=data)
     assert trainer.offline and "offline mode" in caplog.text
 
     seen = []

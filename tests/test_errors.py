@@ -19,9 +19,8 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 from srpo_trl import ColorWordReward, SRPOConfig, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.rewards import load_reward
-from srpo_trl.testing import tiny_flux_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux_pipeline
 
 PROMPTS = Dataset.from_dict({"prompt": ["a cat", "a dog", "a house", "the sea"]})
 TIMINGS: dict[str, float] = {}  # seconds from the call to the error, printed at the end (pytest -s)
@@ -284,7 +283,11 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_training_with_the_checkpoi
         output_dir=str(tmp_path / "run"),
     )
     trainer = SRPOTrainer(
-        demo_pipeline(0), reward, args=args, train_dataset=PROMPTS, peft_config=LoraConfig(r=4, lora_alpha=4)
+        tiny_colour_flux_pipeline(0),
+        reward,
+        args=args,
+        train_dataset=PROMPTS,
+        peft_config=LoraConfig(r=4, lora_alpha=4),
     )
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     snapshots = []

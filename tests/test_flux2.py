@@ -17,7 +17,7 @@ TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "th
 
 
 def _vivid(pipe):
-    """Scale the tiny VAE's output layer so decoded images carry visible colour (as `srpo_trl.demo` does)."""
+    """Scale the tiny VAE's output layer so decoded images carry visible colour (as `srpo_trl.testing.tiny_colour_flux_pipeline` does)."""
     with torch.no_grad():
         pipe.vae.decoder.conv_out.weight.mul_(5)
         pipe.vae.decoder.conv_out.bias.zero_()

@@ -24,11 +24,13 @@ def _trainer(config, tmp_path, kind: str):
     from peft import LoraConfig
 
     from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.demo import demo_pipeline
+    from srpo_trl.testing import tiny_colour_flux_pipeline
 
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind == "lora" else None
     prompts = Dataset.from_dict({"prompt": ["a cat", "a dog"]})
-    return SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=config(), train_dataset=prompts, peft_config=lora)
+    return SRPOTrainer(
+        tiny_colour_flux_pipeline(0), ColorWordReward(), args=config(), train_dataset=prompts, peft_config=lora
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,9 +8,8 @@ from peft import LoraConfig
 from PIL import Image
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.models import FluxKontextAdapter, get_adapter
-from srpo_trl.testing import tiny_flux_kontext_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux_kontext_pipeline
 
 
 def kontext(pipe):
@@ -33,7 +32,7 @@ def _data(n):
 
 
 def test_reference_tokens_condition_but_only_generated_tokens_come_out():
-    pipe = kontext(demo_pipeline(0))
+    pipe = kontext(tiny_colour_flux_pipeline(0))
     adapter = get_adapter(pipe, max_sequence_length=16)
     assert isinstance(adapter, FluxKontextAdapter) and adapter.requires_reference_image
     text = adapter.encode_prompts(["a cat"], torch.device("cpu"))
@@ -66,7 +65,7 @@ def test_kontext_lora_training_loads_in_the_stock_pipeline(tmp_path, config):
     `FluxKontextPipeline` and gives the trained model's images from the same noise and references."""
     args = config(max_steps=2, learning_rate=1e-3, per_device_train_batch_size=2, rollout_steps=4)
     trainer = SRPOTrainer(
-        kontext(demo_pipeline(0)),
+        kontext(tiny_colour_flux_pipeline(0)),
         ColorWordReward(),
         args=args,
         train_dataset=_data(4),
@@ -83,10 +82,10 @@ def test_kontext_lora_training_loads_in_the_stock_pipeline(tmp_path, config):
     trainer.save_model(str(tmp_path / "lora"))
 
     references = list(_data(2)["reference_image"])
-    with_trained = kontext(demo_pipeline(0))
+    with_trained = kontext(tiny_colour_flux_pipeline(0))
     with_trained.transformer = trainer.accelerator.unwrap_model(trainer.model).eval()
     trained = _stock_images(with_trained, references)
-    stock = kontext(demo_pipeline(0))
+    stock = kontext(tiny_colour_flux_pipeline(0))
     base = _stock_images(stock, references)
     stock.load_lora_weights(str(tmp_path / "lora"))
     loaded = _stock_images(stock, references)
@@ -98,7 +97,7 @@ def test_kontext_lora_training_loads_in_the_stock_pipeline(tmp_path, config):
 def test_kontext_needs_a_reference_column(tmp_path, config):
     with pytest.raises(ValueError, match="no column 'reference_image'"):
         SRPOTrainer(
-            kontext(demo_pipeline(0)),
+            kontext(tiny_colour_flux_pipeline(0)),
             ColorWordReward(),
             args=config(),
             train_dataset=Dataset.from_dict({"prompt": ["a cat"]}),

@@ -5,7 +5,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 PROMPTS = ["a cat", "a dog on a hill"]
 
@@ -13,7 +13,7 @@ PROMPTS = ["a cat", "a dog on a hill"]
 def _one_step_gradients(config, vae_slicing: bool):
     torch.manual_seed(0)  # the same LoRA initialisation for both trainers
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=config(vae_slicing=vae_slicing, per_device_train_batch_size=2),
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),

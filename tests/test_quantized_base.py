@@ -7,7 +7,7 @@ from peft import LoraConfig
 from uphill import uphill_step
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 
@@ -25,7 +25,7 @@ def test_lora_on_a_quantised_base_steps_uphill_at_the_recipe_defaults_and_loads_
     assert args.learning_rate == 5e-6 and args.max_grad_norm == 0.1
     assert args.hinge_threshold is None and args.use_inversion_branch
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=TRAIN,
@@ -40,14 +40,16 @@ def test_lora_on_a_quantised_base_steps_uphill_at_the_recipe_defaults_and_loads_
     assert all(step.changed[n] for n in step.changed if "lora_B" in n)
     assert isinstance(base.weight, {"int8": Int8Tensor, "nf4": NF4Tensor}[kind])  # still quantised after the step
     trainer.save_model()
-    plain = demo_pipeline(0)
+    plain = tiny_colour_flux_pipeline(0)
     plain.load_lora_weights(args.output_dir)  # QLoRA: the LoRA applies to the unquantised base
     assert any("lora" in n for n, _ in plain.transformer.named_parameters())
 
 
 def test_a_quantised_base_needs_a_lora(config):
     with pytest.raises(ValueError, match=r"quantize_base='int8' needs a LoRA"):
-        SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=config(quantize_base="int8"), train_dataset=TRAIN)
+        SRPOTrainer(
+            tiny_colour_flux_pipeline(0), ColorWordReward(), args=config(quantize_base="int8"), train_dataset=TRAIN
+        )
     with pytest.raises(ValueError, match=r"quantize_base='int2' is invalid"):
         config(quantize_base="int2")
 
@@ -82,7 +84,7 @@ def test_8bit_adamw_from_torchao_steps_uphill_with_8bit_states_and_is_guarded(co
     from torchao.optim.subclass_8bit import OptimState8bit
 
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=config(max_steps=1, optim="adamw_torch_8bit"),
         train_dataset=TRAIN,

@@ -8,7 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea", "a bird", "a tree"]})
 
@@ -29,7 +29,9 @@ def _trainer(config, out, lora: bool, **overrides):
     args = config(**{**kwargs, **overrides})
     torch.manual_seed(0)  # the same initial LoRA in every trainer
     peft = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if lora else None
-    return SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=peft)
+    return SRPOTrainer(
+        tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=peft
+    )
 
 
 def _trainable(trainer):

@@ -16,8 +16,8 @@ from peft import LoraConfig
 from reward_copies import save_copy
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.rewards import REWARDS, CallableReward, image_only
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 PROMPTS = ["a cat", "a dog on a hill", "a house", "the sea"]
 TRAIN = Dataset.from_dict({"prompt": PROMPTS})
@@ -38,7 +38,7 @@ def _reward(kind, tmp_path):
 
 def _trainer(reward, config, **overrides):
     return SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         reward,
         args=config(per_device_train_batch_size=4, reward_dtype="float32", **overrides),
         train_dataset=TRAIN,
@@ -98,7 +98,7 @@ def test_hinge_threshold_override_one_value_or_one_per_reward(config):
     rewards = [ColorWordReward(), image_only(brightness)]
     for value, expected in [(None, [0.7, 0.7]), (2.0, [2.0, 2.0]), ([1.0, 10.0], [1.0, 10.0])]:
         trainer = SRPOTrainer(
-            demo_pipeline(0), rewards, args=config(hinge_threshold=value, max_steps=1), train_dataset=TRAIN
+            tiny_colour_flux_pipeline(0), rewards, args=config(hinge_threshold=value, max_steps=1), train_dataset=TRAIN
         )
         assert trainer.hinge_thresholds == expected
 

@@ -15,7 +15,6 @@ from uphill import uphill_step
 from srpo_trl import SRPOConfig, SRPOTrainer
 from srpo_trl.cli import main as cli_main
 from srpo_trl.control_words import CONTROL_WORD_PRESETS
-from srpo_trl.demo import demo_pipeline
 from srpo_trl.rewards import (
     REWARDS,
     AestheticReward,
@@ -26,7 +25,7 @@ from srpo_trl.rewards import (
     open_clip_to_transformers,
 )
 from srpo_trl.rewards.aesthetic import AestheticMLP
-from srpo_trl.testing import tiny_flux_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux_pipeline
 
 # ------------------------------------------------------------------ plain-torch open_clip reference
 
@@ -245,7 +244,9 @@ def test_every_registered_name_steps_uphill_on_both_branches_at_the_recipe_defau
     assert args.hinge_threshold is None and args.use_inversion_branch
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
         trainer = SRPOTrainer(
-            model=demo_pipeline(0),  # its VAE gives images with visible colour, so rewards respond to the weights
+            model=tiny_colour_flux_pipeline(
+                0
+            ),  # its VAE gives images with visible colour, so rewards respond to the weights
             reward_funcs=f"{name}:{path}",
             args=args,
             train_dataset=TRAIN,

@@ -8,14 +8,14 @@ from huggingface_hub import ModelCard
 from peft import LoraConfig
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 
 
 def _trainer(config, **overrides):
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=config(per_device_train_batch_size=2, **overrides),
         train_dataset=TRAIN,

@@ -8,7 +8,7 @@ from peft import LoraConfig
 from uphill import uphill_step
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.demo import demo_pipeline
+from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 HELD_OUT = Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]})
@@ -29,7 +29,7 @@ def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_
     args = config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
     _assert_recipe_defaults(args)
     trainer = SRPOTrainer(
-        model=demo_pipeline(0),
+        model=tiny_colour_flux_pipeline(0),
         reward_funcs=ColorWordReward(),
         args=args,
         train_dataset=TRAIN,
@@ -77,7 +77,9 @@ def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_
 def test_full_fine_tuning_steps_the_whole_transformer_uphill_at_the_recipe_defaults(config):
     args = config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
     _assert_recipe_defaults(args)
-    trainer = SRPOTrainer(model=demo_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN)
+    trainer = SRPOTrainer(
+        model=tiny_colour_flux_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN
+    )
     transformer = trainer.pipeline.transformer
     assert all(p.requires_grad for p in transformer.parameters())
     step = uphill_step(trainer)
@@ -132,7 +134,7 @@ def test_lora_save_loads_into_a_fresh_stock_flux_pipeline(config, tmp_path):
 
     args = config(max_steps=10, learning_rate=3e-3, output_dir=str(tmp_path / "lora"))
     trainer = SRPOTrainer(
-        demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=LoraConfig(**LORA)
+        tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=LoraConfig(**LORA)
     )
     trainer.train()
     trainer.save_model()
@@ -141,7 +143,7 @@ def test_lora_save_loads_into_a_fresh_stock_flux_pipeline(config, tmp_path):
 
     prompts = ["a bird", "a tree"]
     trained = _stock_images(trainer.pipeline, prompts)
-    fresh = demo_pipeline(0)
+    fresh = tiny_colour_flux_pipeline(0)
     assert isinstance(fresh, FluxPipeline)
     base = _stock_images(fresh, prompts)
     fresh.load_lora_weights(args.output_dir)
@@ -154,12 +156,12 @@ def test_full_save_loads_with_from_pretrained(config, tmp_path):
     from diffusers import FluxTransformer2DModel
 
     args = config(max_steps=5, learning_rate=1e-3, output_dir=str(tmp_path / "full"))
-    trainer = SRPOTrainer(demo_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN)
+    trainer = SRPOTrainer(tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=TRAIN)
     trainer.train()
     trainer.save_model()
     prompts = ["a bird"]
     trained = _stock_images(trainer.pipeline, prompts)
-    fresh = demo_pipeline(0)
+    fresh = tiny_colour_flux_pipeline(0)
     base = _stock_images(fresh, prompts)
     fresh.transformer = FluxTransformer2DModel.from_pretrained(os.path.join(args.output_dir, "transformer"))
     loaded = _stock_images(fresh, prompts)

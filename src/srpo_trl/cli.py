@@ -51,10 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None, help="Device (default: cuda if available, else cpu).")
     evaluate.add_argument("--output_dir", default="srpo-eval", help="Where eval.json and eval_grid.png go.")
 
-    demo = commands.add_parser("demo", help="Train a tiny FLUX.1 model on the CPU with a visible colour reward.")
+    demo = commands.add_parser(
+        "demo", help="SRPO on the shipped tiny FLUX.1-architecture model, on the CPU: photo vs drawing."
+    )
     demo.add_argument("--output_dir", default="srpo-demo", help="Folder for weights, images and model card.")
-    demo.add_argument("--max_steps", type=int, default=300, help="Training steps (default: 300).")
-    demo.add_argument("--seed", type=int, default=0, help="Seed of the tiny model, data order and noise.")
+    demo.add_argument("--max_steps", type=int, default=150, help="Training steps (default: 150).")
+    demo.add_argument("--seed", type=int, default=0, help="Seed of the LoRA, data order and noise.")
+    demo.add_argument(
+        "--words",
+        nargs=2,
+        metavar=("POSITIVE", "NEGATIVE"),
+        default=["photo", "drawing"],
+        help="SRP control words (default: photo drawing); 'drawing photo' trains the other way.",
+    )
 
     convert = commands.add_parser(
         "convert-hps",
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"srpo-trl demo: --max_steps must be at least 1, got {args.max_steps}")
         from .demo import run_demo
 
-        run_demo(output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed)
+        run_demo(output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed, words=tuple(args.words))
     elif args.command == "eval":
         return _eval(args)
     elif args.command == "convert-hps":

@@ -6,6 +6,7 @@ that runs on them runs unchanged on FLUX.1-dev.
 
 - [`tiny_flux_pipeline`]: a [`~diffusers.FluxPipeline`] with a FLUX.1-dev-like transformer (guidance
   embedding on), VAE, CLIP and T5 text encoders with their tokenizers, and a flow-matching scheduler.
+- [`tiny_colour_flux_pipeline`]: the same, a little larger, with a VAE whose images carry visible colour.
 - [`tiny_clip_reward`]: a [`~srpo_trl.rewards.CLIPReward`] over a tiny random `CLIPModel`.
 - [`tiny_srpo_config`]: an [`~srpo_trl.SRPOConfig`] sized for those 64-px pipelines on a CPU.
 - [`flux1_pipeline`], [`t5_config`], the tokenizers: the parts those are built from, also used by the
@@ -201,6 +202,20 @@ def tiny_flux_pipeline(
         pipe.to(dtype=dtype)
     for module in (vae, text_encoder, text_encoder_2, transformer):
         module.eval()
+    return pipe
+
+
+def tiny_colour_flux_pipeline(seed: int = 0):
+    """A tiny random [`~diffusers.FluxPipeline`] (0.5 M transformer parameters) whose images carry visible colour.
+
+    A randomly initialised VAE decoder spans only a narrow range of colours around grey; its output
+    convolution is scaled up so that, like a real VAE, it can produce clearly coloured images, and colour
+    rewards (`ColorWordReward`) respond to the weights. The unit tests' default pipeline for training runs.
+    """
+    pipe = tiny_flux_pipeline(seed, num_layers=2, num_single_layers=2, attention_head_dim=32)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.mul_(5.0)
+        pipe.vae.decoder.conv_out.bias.zero_()
     return pipe
 
 

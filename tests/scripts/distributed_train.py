@@ -25,8 +25,10 @@ from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from srpo_trl import ColorWordReward, SRPOTrainer  # noqa: E402
-from srpo_trl.demo import demo_pipeline  # noqa: E402
-from srpo_trl.testing import tiny_srpo_config  # noqa: E402
+from srpo_trl.testing import (
+    tiny_colour_flux_pipeline,  # noqa: E402
+    tiny_srpo_config,  # noqa: E402
+)
 
 
 def main():
@@ -46,7 +48,7 @@ def main():
     )
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     trainer = SRPOTrainer(
-        demo_pipeline(0),
+        tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict(

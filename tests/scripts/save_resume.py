@@ -117,8 +117,7 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
     from peft import LoraConfig
 
     from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.demo import demo_pipeline
-    from srpo_trl.testing import tiny_srpo_config
+    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_srpo_config
 
     fresh_accelerate_state()
     run_dir = os.path.join(root, f"{kind}-{phase}")
@@ -137,7 +136,7 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind == "lora" else None
     trainer = SRPOTrainer(
-        demo_pipeline(0), ColorWordReward(), args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         peft_config=lora,
     )  # fmt: skip
     initial = trainable_weights(trainer)

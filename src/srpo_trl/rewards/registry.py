@@ -198,8 +198,8 @@ def split_name_and_path(text: str) -> tuple[str | None, str | None]:
 def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtype | None = None, **kwargs) -> Reward:
     """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
 
-    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, and `color`, the
-    demo's colour-word stand-in (see
+    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, `shapes-clip`, the
+    tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), and `color`, a colour-word stand-in (see
     `REWARDS` and the rewards page of the docs). Without a path the checkpoint is downloaded from its
     usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint or a folder
     written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else the
@@ -216,6 +216,10 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
         from .color import ColorWordReward
 
         return ColorWordReward()
+    if name_or_path == "shapes-clip":  # the tiny CLIP reward shipped in the package, beside the demo's model
+        from ..pretrained import shapes_reward
+
+        return shapes_reward(dtype=dtype, **kwargs)
     name, embedded_path = split_name_and_path(name_or_path)
     path = path or embedded_path
     if name is not None:
