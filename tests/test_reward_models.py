@@ -243,10 +243,9 @@ def test_every_registered_name_steps_uphill_on_both_branches_at_the_recipe_defau
     assert args.learning_rate == 5e-6 and args.max_grad_norm == 0.1
     assert args.hinge_threshold is None and args.use_inversion_branch
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
+        # Its VAE gives images with visible colour, so rewards respond to the weights.
         trainer = SRPOTrainer(
-            model=tiny_colour_flux_pipeline(
-                0
-            ),  # its VAE gives images with visible colour, so rewards respond to the weights
+            model=tiny_colour_flux_pipeline(0),
             reward_funcs=f"{name}:{path}",
             args=args,
             train_dataset=TRAIN,

@@ -8,10 +8,23 @@ from peft import LoraConfig
 from uphill import uphill_step
 
 from srpo_trl import ColorWordReward, SRPOTrainer
+from srpo_trl.pretrained import shapes_pipeline, shapes_reward
 from srpo_trl.testing import tiny_colour_flux_pipeline
 
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 HELD_OUT = Dataset.from_dict({"prompt": ["a bird", "a tree", "a car"]})
+# The shipped model's world (`srpo_trl.pretrained.shapes`): prompts that leave the style open.
+SHAPES_TRAIN = Dataset.from_dict(
+    {
+        "prompt": [
+            "a red circle on the left",
+            "a blue square at the top",
+            "a green triangle at the bottom",
+            "a yellow circle on the right",
+        ]
+    }
+)
+SHAPES_HELD_OUT = Dataset.from_dict({"prompt": ["a purple square on the left", "a red triangle at the top"]})
 LORA = dict(r=8, lora_alpha=8, init_lora_weights="gaussian")
 
 
@@ -25,16 +38,16 @@ def _assert_recipe_defaults(args):
     assert args.hinge_threshold is None and args.use_inversion_branch
 
 
-def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_lora(config):
-    args = config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
+def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_lora(shapes_config):
+    args = shapes_config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
     _assert_recipe_defaults(args)
     trainer = SRPOTrainer(
-        model=tiny_colour_flux_pipeline(0),
-        reward_funcs=ColorWordReward(),
+        model=shapes_pipeline(),
+        reward_funcs=shapes_reward(),
         args=args,
-        train_dataset=TRAIN,
-        eval_dataset=HELD_OUT,
-        peft_config=LoraConfig(**LORA),
+        train_dataset=SHAPES_TRAIN,
+        eval_dataset=SHAPES_HELD_OUT,
+        peft_config=LoraConfig(r=8, lora_alpha=16),  # peft's default initialisation, alpha != r
     )
     transformer = trainer.pipeline.transformer
     before_lora = _trainable_snapshot(transformer)
@@ -60,8 +73,8 @@ def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_
         "grad_norm",
         "reward/denoise",
         "reward/inversion",
-        "rewards/color/denoise",
-        "rewards/color/inversion",
+        "rewards/shapes-clip/denoise",
+        "rewards/shapes-clip/inversion",
         "loss/denoise",
         "loss/inversion",
         "levels/m",
@@ -70,16 +83,14 @@ def test_lora_training_steps_uphill_at_the_recipe_defaults_and_changes_only_the_
     ]:
         assert key in logged, key
     metrics = trainer.evaluate()  # held-out rewards of full rollouts, under their documented names
-    assert {"eval_reward", "eval_rewards/color/srp", "eval_rewards/color/plain"} <= set(metrics)
-    assert all(math.isfinite(metrics[k]) for k in ("eval_reward", "eval_rewards/color/srp"))
+    assert {"eval_reward", "eval_rewards/shapes-clip/srp", "eval_rewards/shapes-clip/plain"} <= set(metrics)
+    assert all(math.isfinite(metrics[k]) for k in ("eval_reward", "eval_rewards/shapes-clip/srp"))
 
 
-def test_full_fine_tuning_steps_the_whole_transformer_uphill_at_the_recipe_defaults(config):
-    args = config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
+def test_full_fine_tuning_steps_the_whole_transformer_uphill_at_the_recipe_defaults(shapes_config):
+    args = shapes_config(max_steps=1, per_device_train_batch_size=2, rollout_steps=6)
     _assert_recipe_defaults(args)
-    trainer = SRPOTrainer(
-        model=tiny_colour_flux_pipeline(0), reward_funcs=ColorWordReward(), args=args, train_dataset=TRAIN
-    )
+    trainer = SRPOTrainer(model=shapes_pipeline(), reward_funcs=shapes_reward(), args=args, train_dataset=SHAPES_TRAIN)
     transformer = trainer.pipeline.transformer
     assert all(p.requires_grad for p in transformer.parameters())
     step = uphill_step(trainer)

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["photo", "drawing"],
         help="SRP control words (default: photo drawing); 'drawing photo' trains the other way.",
     )
+    demo.add_argument("--learning_rate", type=float, default=None, help="LoRA learning rate (default: 2e-4).")
 
     convert = commands.add_parser(
         "convert-hps",
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"srpo-trl demo: --max_steps must be at least 1, got {args.max_steps}")
         from .demo import run_demo
 
-        run_demo(output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed, words=tuple(args.words))
+        options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+        run_demo(
+            output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed, words=tuple(args.words), **options
+        )
     elif args.command == "eval":
         return _eval(args)
     elif args.command == "convert-hps":
