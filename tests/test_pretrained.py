@@ -71,7 +71,7 @@ def test_build_script_fast_mode_writes_loadable_models(tmp_path):
 
     out = tmp_path / "built"
     assert main(["--output_dir", str(out), "--fast"]) == 0
-    pipe = FluxPipeline.from_pretrained(out / "pipeline")
+    pipe = FluxPipeline.from_pretrained(str(out / "pipeline"))
     assert sorted(os.listdir(out / "pipeline")) == sorted(os.listdir(PIPELINE_DIR))
     assert sum(p.numel() for p in pipe.transformer.parameters()) == sum(
         p.numel() for p in shapes_pipeline().transformer.parameters()

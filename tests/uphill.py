@@ -16,6 +16,10 @@ direction 0.10-0.19 (0.66-0.74 for the 8-bit AdamW test), never near zero. Check
 the offline test (x0 does not depend on the weights there): a predicted loss change of -3.50e-5 (denoise) and
 -1.40e-5 (inversion) against a measured -3.48e-5 and -1.40e-5 on the same draws.
 
+`tests/test_trainer.py` runs it on the shipped trained model and reward (`srpo_trl.pretrained`, control words
++photo / -drawing), a model training can improve; that the reward then rises over a whole run is the demo test's
+claim (`tests/test_demo_and_card.py`).
+
 The gradients are taken inside the real step: `branch_losses` is wrapped so that its call in `compute_loss`
 (with the model in the mode the Trainer set, under its autocast) also differentiates each branch's loss with
 `retain_graph=True` before the Trainer back-propagates the same graph. Nothing is drawn twice, so the noise key,

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["photo", "drawing"],
         help="SRP control words (default: photo drawing); 'drawing photo' trains the other way.",
     )
-    demo.add_argument("--learning_rate", type=float, default=None, help="LoRA learning rate (default: 2e-4).")
+    demo.add_argument("--learning_rate", type=float, default=None, help="LoRA learning rate (default: 1e-4).")
 
     convert = commands.add_parser(
         "convert-hps",
