@@ -57,9 +57,7 @@ def main(argv=None) -> int:
     jobs = [(seed, threads) for threads in args.threads for seed in args.seeds]
     with tempfile.TemporaryDirectory() as workdir:
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            results = list(
-                pool.map(lambda job: run_one(job[0], job[1], args.words, args.max_steps, workdir), jobs)
-            )
+            results = list(pool.map(lambda job: run_one(job[0], job[1], args.words, args.max_steps, workdir), jobs))
     print(
         "| seed | threads | words | SRP before | SRP after | gain | read as photo | content as prompted | "
         "shape / colour | seconds |"

@@ -9,10 +9,11 @@ from srpo_trl.hub import build_model_card
 
 # The demo shortened for the default suite; the full-length runs in both directions are the `slow` test below.
 SHORT_STEPS = 30
-# Held-out SRP gain after SHORT_STEPS steps: measured +X to +Y for seeds 0-2 at 1 and 2 threads.
-SHORT_GAIN = 0.0
+# Held-out SRP gain after SHORT_STEPS steps: measured +0.007 to +0.032 for seeds 0-2 at 1 and 2 threads (+0.030 and
+# +0.032 for seed 0, the one run here; benchmarks/demo_robustness.py --max_steps 30).
+SHORT_GAIN = 0.005
 # Full length (150 steps): shape and colour accuracy may drop by at most this much (docs/concepts.md).
-CONTENT_TOLERANCE = 0.1
+CONTENT_TOLERANCE = 0.15
 
 
 def _run_demo(out, *flags) -> dict:

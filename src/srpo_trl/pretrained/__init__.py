@@ -27,7 +27,7 @@ def shapes_pipeline(dtype: torch.dtype = torch.float32):
     """The shipped tiny [`~diffusers.FluxPipeline`], loaded from the package's files (nothing is downloaded)."""
     from diffusers import FluxPipeline
 
-    pipe = FluxPipeline.from_pretrained(PIPELINE_DIR, torch_dtype=dtype, local_files_only=True)
+    pipe = FluxPipeline.from_pretrained(PIPELINE_DIR, dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
