@@ -5,8 +5,9 @@ shapes world (one shape, in one colour, at one position, as a `photo` or a `draw
 shipped CLIP reward `shapes-clip` trained on the same images. The control words `+photo / -drawing` play
 the part of the paper's `Real` / `Painting`: SRP rewards an image for looking more like a photo than like a
 drawing of the same prompt. The held-out prompts leave the style open, so the base draws both styles for
-them; training moves the samples towards photos while keeping their shape, colour and position, which the
-shipped reward checks by reading them back. `--words drawing photo` reverses the direction.
+them; training moves the samples towards photos while mostly keeping their shape and colour, which the
+shipped reward checks by reading them back (docs/concepts.md gives the numbers, and what is not kept).
+`--words drawing photo` reverses the direction.
 
 The demo writes the LoRA weights, a before/after grid, a reward curve, the measured results and a model card.
 """

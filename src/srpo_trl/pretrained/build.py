@@ -1,6 +1,6 @@
 """Train the shipped tiny models from nothing: `python -m srpo_trl.pretrained.build --output_dir DIR`.
 
-This is the script that made `srpo_trl/pretrained/weights`. On 2 CPU cores it runs in well under an hour;
+This is the script that made `srpo_trl/pretrained/weights`. On 2 CPU cores it runs in about 45 minutes;
 `--fast` trains a few steps of each stage (the test suite runs that). Stages:
 
 1. **data**: `--num_images` scenes of the [shapes world](shapes.py), drawn with a fixed seed;
@@ -14,11 +14,12 @@ This is the script that made `srpo_trl/pretrained/weights`. On 2 CPU cores it ru
    and its T5 encoder, trained together by flow matching on the VAE latents, with the reward's text tower
    as the frozen CLIP encoder; the saved weights are an exponential moving average;
 5. **report**: the reward's retrieval accuracy on held-out images, and what the stock `FluxPipeline`'s
-   samples show for held-out prompts, judged by the reward.
+   samples show for every content, with the style open or named, judged by the reward.
 
-Deterministic: the same arguments on the same machine give the same weights. Float results differ in
-the last bits across thread counts and CPU vector instruction sets, so other machines get weights that
-differ slightly, with the same report to within a point or two.
+Deterministic by construction: every stage seeds its own random draws (two builds on one machine gave
+identical VAE losses at every logged step). Float results differ in the last bits across thread counts and CPU vector instruction sets, so
+other machines train slightly different weights (not measured: the shipped ones come from one run, see
+docs/pretrained.md).
 """
 
 from __future__ import annotations
