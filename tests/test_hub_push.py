@@ -11,6 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 TOKEN = "hf_FakeTokenThatMustNeverBeWritten123"
 
@@ -113,6 +114,9 @@ PUSH_SCRIPT = textwrap.dedent(
         digest = {n: hashlib.sha256(open(os.path.join(output_dir, n), "rb").read()).hexdigest()
                   for n in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, n))}
         print("SAVED " + json.dumps(digest), flush=True)
+        import shutil
+        shutil.copy(os.path.join(output_dir, "pytorch_lora_weights.safetensors"),
+                    os.path.join(os.path.dirname(output_dir), "saved_weights.safetensors"))
         trainer.push_to_hub()
     """
 )
@@ -198,8 +202,27 @@ def test_a_failed_push_leaves_the_local_output_intact(tmp_path):
     assert result.returncode != 0 and "500" in result.stderr
     saved = json.loads(result.stdout.split("SAVED ", 1)[1].splitlines()[0])
     now = _digest(out)
-    # Weights and config are byte-identical; the card was rewritten for the repo id and still parses.
-    assert {n: d for n, d in now.items() if n != "README.md"} == {n: d for n, d in saved.items() if n != "README.md"}
+    # Every file is still there and, but for the weights, byte-identical; the card was rewritten for the repo id and
+    # still parses. `push_to_hub` saves the model again before uploading, and safetensors writes the header's
+    # `__metadata__` keys ("format", "lora_adapter_metadata") in a random order (a Rust HashMap), so the rewritten
+    # file differs in bytes from the first about half the time: the weights are compared as what they hold, the same
+    # tensors and the same LoRA metadata.
+    assert set(now) == set(saved)
+    weights = "pytorch_lora_weights.safetensors"
+    assert {n: d for n, d in now.items() if n not in ("README.md", weights)} == {
+        n: d for n, d in saved.items() if n not in ("README.md", weights)
+    }
+    from safetensors import safe_open
+
+    kept = tmp_path / "saved_weights.safetensors"
+    assert kept.is_file()  # the script's copy, made before the push
+    for name in (kept, out / weights):
+        with safe_open(str(name), "pt") as f:
+            held = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+        if name == kept:
+            before = held
+    assert held[1] == before[1] and held[0].keys() == before[0].keys()
+    assert all(torch.equal(held[0][k], before[0][k]) for k in held[0])
     from huggingface_hub import ModelCard
 
     assert ModelCard.load(str(out / "README.md")).data.library_name == "diffusers"
