@@ -1,6 +1,6 @@
 """The tiny models shipped in `srpo_trl.pretrained`, and the script that trains them.
 
-The thresholds below sit well under what the shipped weights measure (docs/concepts.md gives the numbers), so
+The thresholds below sit well under what the shipped weights measure (docs/pretrained.md gives the numbers), so
 that other CPUs and thread counts, whose floats differ in the last bits, pass as well."""
 
 import os
