@@ -2,8 +2,8 @@
 
 `f(x, text)` is how far the image's mean colour lies along the direction of the colour words the
 text contains (`"red. a cat"` -> towards red). With SRP, positive `red` and negative `blue`, the
-reward is high for red, not blue, images: a person sees at a glance whether training worked. Used by
-`srpo-trl demo` and the tests; it stands in for a real reward model, it is not one.
+reward is high for red, not blue, images: a person sees at a glance whether training worked. Used by the
+unit tests (with `srpo_trl.testing.tiny_colour_flux_pipeline`); it stands in for a real reward model, it is not one.
 """
 
 from __future__ import annotations
