@@ -16,6 +16,7 @@ that runs on them runs unchanged on FLUX.1-dev.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 
 import torch
 from tokenizers import Tokenizer
@@ -56,13 +57,27 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def tiny_t5_tokenizer(model_max_length: int = 512) -> T5TokenizerFast:
+def tiny_t5_tokenizer(model_max_length: int = 512, words: Sequence[str] = ()) -> T5TokenizerFast:
     """A character-level `T5TokenizerFast` built from a `tokenizers` Unigram model of single characters.
 
-    Unigram, as T5's own tokenizer, so that `save_pretrained` / `from_pretrained` round-trip.
+    Unigram, as T5's own tokenizer, so that `save_pretrained` / `from_pretrained` round-trip. `words` are read
+    whole, one token each (scored above spelling them out), and anything else by character: the shipped tiny
+    model's T5 (`srpo_trl.pretrained`) reads its world's words so.
     """
-    pieces = ["<pad>", "</s>", "<unk>", "\u2581", *dict.fromkeys(_ALPHABET.replace(" ", ""))]
-    backend = Tokenizer(Unigram([(p, -1.0) for p in pieces], unk_id=2))
+    chars = [*dict.fromkeys(_ALPHABET.replace(" ", ""))]
+    if words:
+        whole = [(f"\u2581{w}", -1.0) for w in words]
+        scored = [
+            ("<pad>", 0.0),
+            ("</s>", 0.0),
+            ("<unk>", 0.0),
+            ("\u2581", -10.0),
+            *whole,
+            *[(c, -10.0) for c in chars],
+        ]
+    else:
+        scored = [(p, -1.0) for p in ["<pad>", "</s>", "<unk>", "\u2581", *chars]]
+    backend = Tokenizer(Unigram(scored, unk_id=2))
     # T5's own word-boundary convention ("\u2581" for spaces), which a reloaded T5Tokenizer also applies.
     backend.pre_tokenizer = Metaspace(replacement="\u2581", prepend_scheme="always")
     backend.decoder = MetaspaceDecoder(replacement="\u2581", prepend_scheme="always")

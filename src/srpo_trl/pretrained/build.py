@@ -55,28 +55,9 @@ CLIP_MAX_LENGTH = 48  # characters of the reward's tokenizer: the longest captio
 
 def word_t5_tokenizer():
     """A T5 (Unigram) tokenizer that reads the shapes world's words whole and anything else by character."""
-    from tokenizers import Tokenizer
-    from tokenizers.decoders import Metaspace as MetaspaceDecoder
-    from tokenizers.models import Unigram
-    from tokenizers.pre_tokenizers import Metaspace
-    from transformers import T5TokenizerFast
+    from ..testing import tiny_t5_tokenizer
 
-    from ..testing import _ALPHABET
-
-    words = [(f"\u2581{w}", -1.0) for w in shapes.WORDS]
-    chars = [(c, -10.0) for c in dict.fromkeys(_ALPHABET.replace(" ", ""))]
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -10.0), *words, *chars]
-    backend = Tokenizer(Unigram(pieces, unk_id=2))
-    backend.pre_tokenizer = Metaspace(replacement="\u2581", prepend_scheme="always")
-    backend.decoder = MetaspaceDecoder(replacement="\u2581", prepend_scheme="always")
-    return T5TokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=512,
-        extra_ids=0,
-    )
+    return tiny_t5_tokenizer(words=shapes.WORDS)
 
 
 def make_vae():
