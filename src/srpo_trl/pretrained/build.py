@@ -149,17 +149,31 @@ def make_t5(tokenizer):
 # Stages
 
 
-class LossLog:
-    """Mean loss per window of steps, for the loss curves."""
+class _Stage:
+    """One stage's optimisation: AdamW with warm-up and cosine decay, gradient clipping at 1, the loss curve (mean
+    loss per window of steps) and a progress line every 200 steps."""
 
-    def __init__(self, every: int):
-        self.every, self.values, self.curve = every, [], []
+    def __init__(self, name: str, params, lr: float, steps: int, log, warmup: int = 100):
+        self.name, self.steps, self.log = name, steps, log
+        self.params = list(params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+        warmup = min(warmup, steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _schedule(s, steps, warmup))
+        self.every, self.window, self.curve = max(1, steps // 100), [], []
 
-    def add(self, step: int, loss: float) -> None:
-        self.values.append(loss)
-        if len(self.values) == self.every:
-            self.curve.append((step, float(np.mean(self.values))))
-            self.values = []
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        value = loss.item()
+        self.window.append(value)
+        if len(self.window) == self.every:
+            self.curve.append((step, float(np.mean(self.window))))
+            self.window = []
+        if step % 200 == 0:
+            self.log(f"  {self.name} step {step}/{self.steps}: loss {value:.4f}")
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -173,16 +187,9 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def _optimizer(params, lr, total, warmup=100):
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, min(warmup, total)))
-    return optimizer, scheduler
-
-
 def train_vae(images: np.ndarray, steps: int, batch_size: int, log) -> tuple:
     vae = make_vae().train()
-    optimizer, scheduler = _optimizer(vae.parameters(), 1e-3, steps)
-    losses = LossLog(max(1, steps // 100))
+    stage = _Stage("vae", vae.parameters(), 1e-3, steps, log)
     for step in range(steps):
         # Random 32-px crops: the VAE is convolutional, and a quarter of the pixels costs a quarter of the time.
         x = _to_tensor(images[torch.randint(0, len(images), (batch_size,)).numpy()]) * 2 - 1
@@ -191,20 +198,12 @@ def train_vae(images: np.ndarray, steps: int, batch_size: int, log) -> tuple:
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.add(step, loss.item())
-        if step % 200 == 0:
-            log(f"  vae step {step}/{steps}: loss {loss.item():.4f}")
+        stage.update(step, F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * kl)
     vae.eval().requires_grad_(False)
     # FLUX's convention: latents are used as (z - shift_factor) * scaling_factor, about unit variance.
     z = encode_latents(vae, images[:2048], normalise=False)
     vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1 / z.std()))
-    return vae, losses.curve
+    return vae, stage.curve
 
 
 @torch.no_grad()
@@ -237,8 +236,7 @@ def train_reward(images: np.ndarray, recons: np.ndarray, scenes, steps: int, bat
 
     model, tokenizer = make_clip()
     model.train()
-    optimizer, scheduler = _optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, steps)
-    losses = LossLog(max(1, steps // 100))
+    stage = _Stage("reward", [p for p in model.parameters() if p.requires_grad], 1e-3, steps, log)
     scale = 1 / REWARD_TEMPERATURE
     for step in range(steps):
         idx = rng.integers(0, len(images), batch_size)
@@ -257,16 +255,8 @@ def train_reward(images: np.ndarray, recons: np.ndarray, scenes, steps: int, bat
         # Every matching caption (image) in the batch is a positive: -log of the softmax mass on the positives.
         i2t = torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(match == 0, -1e4), 1)
         t2i = torch.logsumexp(logits.T, 1) - torch.logsumexp(logits.T.masked_fill(match.T == 0, -1e4), 1)
-        loss = (i2t.mean() + t2i.mean()) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.add(step, loss.item())
-        if step % 200 == 0:
-            log(f"  reward step {step}/{steps}: loss {loss.item():.4f}")
-    return model.eval().requires_grad_(False), tokenizer, losses.curve
+        stage.update(step, (i2t.mean() + t2i.mean()) / 2)
+    return model.eval().requires_grad_(False), tokenizer, stage.curve
 
 
 def clip_text_encoder(clip_model):
@@ -279,17 +269,12 @@ def clip_text_encoder(clip_model):
 
 
 def train_transformer(pipe, latents: torch.Tensor, scenes, steps: int, batch_size: int, rng, log) -> list:
-    from ..models.flux import pack_latents
+    from ..models.flux import latent_positions, pack_latents
 
     transformer, t5 = pipe.transformer.train(), pipe.text_encoder_2.train()
-    params = [*transformer.parameters(), *t5.parameters()]
-    ema = [p.detach().clone() for p in params]
-    optimizer, scheduler = _optimizer(params, 5e-4, steps, warmup=200)
-    losses = LossLog(max(1, steps // 100))
-    lh, lw = latents.shape[-2:]
-    from ..models.flux import latent_positions
-
-    image_ids = latent_positions(lh, lw, torch.device("cpu"))
+    stage = _Stage("transformer", [*transformer.parameters(), *t5.parameters()], 5e-4, steps, log, warmup=200)
+    ema = [p.detach().clone() for p in stage.params]
+    image_ids = latent_positions(*latents.shape[-2:], torch.device("cpu"))
     for step in range(steps):
         idx = rng.integers(0, len(latents), batch_size)
         captions = shapes.random_captions([scenes[i] for i in idx], rng, TRANSFORMER_CAPTIONS)
@@ -311,25 +296,17 @@ def train_transformer(pipe, latents: torch.Tensor, scenes, steps: int, batch_siz
             img_ids=image_ids,
             return_dict=False,
         )[0]
-        loss = F.mse_loss(v, eps - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        stage.update(step, F.mse_loss(v, eps - x0))
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema, params):
+            for e, p in zip(ema, stage.params):
                 e.lerp_(p, 1 - decay)
-        losses.add(step, loss.item())
-        if step % 200 == 0:
-            log(f"  transformer step {step}/{steps}: loss {loss.item():.4f}")
     with torch.no_grad():
-        for e, p in zip(ema, params):
+        for e, p in zip(ema, stage.params):
             p.copy_(e)
     transformer.eval().requires_grad_(False)
     t5.eval().requires_grad_(False)
-    return losses.curve
+    return stage.curve
 
 
 # ----------------------------------------------------------------------------------------------
