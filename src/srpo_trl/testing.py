@@ -15,6 +15,7 @@ that runs on them runs unchanged on FLUX.1-dev.
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Sequence
 
@@ -410,3 +411,112 @@ def tiny_flux_kontext_pipeline(seed: int = 0, **kwargs):
     pipe = tiny_flux_pipeline(seed, **kwargs)
     names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
     return FluxKontextPipeline(**{name: pipe.components[name] for name in names})
+
+
+#: Qwen2.5-VL's chat and vision marker tokens, kept whole by [`tiny_qwen_tokenizer`] (the pipelines' templates use them).
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+
+
+def tiny_qwen_tokenizer(model_max_length: int = 2048):
+    """A character-level fast tokenizer with Qwen2.5-VL's special tokens, standing in for Qwen-Image's."""
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Split
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
+    vocab.update({c: len(vocab) + i for i, c in enumerate(dict.fromkeys(_ALPHABET))})
+    vocab["<unk>"] = len(vocab)
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = Split(pattern="", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=model_max_length
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    return tokenizer
+
+
+def _tiny_qwen_vl_encoder(tokenizer, hidden_size: int):
+    """A tiny `Qwen2_5_VLForConditionalGeneration` whose vision tower reads 28-px-merged patches, as the real one."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            fullatt_block_indexes=[1],
+            window_size=56,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|image_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4 * latent_channels,
+        out_channels=latent_channels,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=hidden_size,
+        axes_dims_rope=(4, 6, 6),
+    )
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=latent_channels,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0][:latent_channels],
+        latents_std=[1.5, 0.8, 1.2, 2.0][:latent_channels],
+    )
+    # Qwen/Qwen-Image's scheduler settings: exponential dynamic shift with a terminal level of 0.02.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256,
+        base_shift=math.log(3),
+        max_image_seq_len=8192,
+        max_shift=math.log(3),
+        shift=1.0,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
+        use_dynamic_shifting=True,
+    )
+    return transformer, vae, scheduler
+
+
+def tiny_qwen_image_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torch.float32):
+    """A tiny random `QwenImagePipeline` built in code: Qwen2.5-VL text encoder (2 layers), Qwen-Image VAE
+    (4 latent channels, 8x downsampling) and MMDiT transformer (2 blocks); resolutions must be multiples of 16."""
+    from diffusers import QwenImagePipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
+    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
+    pipe = QwenImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    for module in (vae, text_encoder, transformer):
+        module.eval()
+    return pipe

@@ -6,6 +6,7 @@ from .base import ModelAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux_kontext import FluxKontextAdapter
+from .qwen_image import QwenImageAdapter
 
 # Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
 ADAPTERS: dict[str, type] = {
@@ -13,6 +14,7 @@ ADAPTERS: dict[str, type] = {
     "FluxKontextPipeline": FluxKontextAdapter,
     "Flux2Pipeline": Flux2Adapter,
     "Flux2KleinPipeline": Flux2Adapter,
+    "QwenImagePipeline": QwenImageAdapter,
 }
 
 
@@ -55,6 +57,7 @@ __all__ = [
     "FluxAdapter",
     "FluxKontextAdapter",
     "ModelAdapter",
+    "QwenImageAdapter",
     "adapter_class",
     "check_model_index",
     "get_adapter",

@@ -1,0 +1,204 @@
+"""Qwen-Image adapter: `diffusers.QwenImagePipeline` (Qwen-Image and its fine-tunes).
+
+What Qwen-Image changes against FLUX.1, all handled here:
+
+- one text encoder, Qwen2.5-VL-7B, whose last hidden state (after a system prompt the pipeline drops) is
+  the text embedding; prompts have different lengths, so the conditioning carries an attention mask. The
+  text cache stores every prompt padded to `max_sequence_length` with its mask (fixed shapes batch and
+  slice like FLUX's); each transformer call trims the padding to the batch's longest prompt, as the stock
+  pipeline pads, so the compute is the stock pipeline's;
+- no guidance embedding: guidance is *true* classifier-free guidance with a negative prompt (two
+  transformer calls per step) and diffusers' rescale of the guided velocity to the conditional one's norm.
+  A `guidance_scale` above 1 turns it on, in the rollout and in the two training calls alike; 1 is one
+  conditional call. The negative prompt (`" "`, the pipeline's documented default) is encoded once;
+- a video-style VAE (`AutoencoderKLQwenImage`, 16 channels, 8x): 5-D latents with one frame, normalised
+  with the VAE config's per-channel `latents_mean` / `latents_std`; tokens are FLUX's 2x2-packed layout,
+  and the transformer builds its 3-D rotary positions from `img_shapes`;
+- the time shift is resolution-dependent: `exp(mu)` with the pipeline's `calculate_shift` for the image's
+  token count, the scheduler's exponential dynamic shift.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from .base import JOINT_ATTENTION_LORA_TARGETS, AdapterBase
+from .flux import pack_latents, unpack_latents
+
+#: The negative prompt of true CFG: diffusers' QwenImagePipeline documents `" "` to switch CFG on without one.
+DEFAULT_NEGATIVE_PROMPT = " "
+
+
+def qwen_image_mu(image_seq_len: int, scheduler_config) -> float:
+    """The stock pipeline's `mu` (log of the time shift) for `image_seq_len` image tokens."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+
+    return float(
+        calculate_shift(
+            image_seq_len,
+            scheduler_config.get("base_image_seq_len", 256),
+            scheduler_config.get("max_image_seq_len", 4096),
+            scheduler_config.get("base_shift", 0.5),
+            scheduler_config.get("max_shift", 1.15),
+        )
+    )
+
+
+def rescaled_cfg(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """True CFG as QwenImagePipeline applies it: `u + s (c - u)`, rescaled per token to the norm of `c`."""
+    guided = unconditional + scale * (conditional - unconditional)
+    return guided * (conditional.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+
+
+class QwenImageAdapter(AdapterBase):
+    """Adapter for `QwenImagePipeline`."""
+
+    family: ClassVar[str] = "qwen-image"
+    trainable_component: ClassVar[str] = "transformer"
+    # The joint blocks' attention (image and text side) and both streams' feed-forwards; the modulation layers
+    # (`img_mod`, `txt_mod`) stay frozen, as in diffusers' Qwen-Image LoRA training script.
+    default_lora_target_modules: ClassVar[list[str]] = [
+        *JOINT_ATTENTION_LORA_TARGETS,
+        "img_mlp.net.0.proj",
+        "img_mlp.net.2",
+        "txt_mlp.net.0.proj",
+        "txt_mlp.net.2",
+    ]
+    text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+
+    def __init__(self, pipeline, max_sequence_length: int = 512, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
+        self.pipeline = pipeline
+        self.max_sequence_length = max_sequence_length
+        self.negative_prompt = negative_prompt
+        self.vae_scale_factor = 2 ** len(pipeline.vae.temperal_downsample)
+        self.latent_channels = pipeline.vae.config.z_dim
+        self.guidance_embeds = False  # Qwen-Image is not guidance-distilled: CFG is two calls (see `velocity`)
+        self._positions = {}
+        self._negative: dict[str, dict[str, torch.Tensor]] = {}  # the negative prompt's encoding, per device
+
+    def _latent_size(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def default_time_shift(self, height: int, width: int) -> float:
+        lh, lw = self._latent_size(height, width)
+        return math.exp(qwen_image_mu((lh // 2) * (lw // 2), self.pipeline.scheduler.config))
+
+    def pipeline_guidance_kwargs(self, guidance_scale: float) -> dict:
+        """Arguments that give the stock pipeline this adapter's guidance: true CFG with the negative prompt."""
+        if guidance_scale > 1:
+            return {"true_cfg_scale": guidance_scale, "negative_prompt": self.negative_prompt}
+        return {"true_cfg_scale": 1.0}
+
+    # ------------------------------------------------------------------ text
+
+    def _encode(self, prompts: list[str], device: torch.device, **encoder_inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings `[B, L, D]` and mask `[B, L]` (long) of `prompts`, padded to the batch's longest prompt."""
+        embeds, mask = self.pipeline.encode_prompt(
+            prompt=prompts, device=device, max_sequence_length=self.max_sequence_length, **encoder_inputs
+        )
+        if mask is None:  # the pipeline drops an all-ones mask
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return embeds, mask.long()
+
+    def _padded(self, embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = length - embeds.shape[1]
+        if extra > 0:
+            embeds = torch.cat([embeds, embeds.new_zeros(embeds.shape[0], extra, embeds.shape[2])], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], dim=1)
+        return embeds, mask
+
+    def _negative_conditioning(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+        key = str(device)
+        if key not in self._negative:
+            embeds, mask = self._encode([self.negative_prompt], device)
+            self._negative[key] = {"negative_prompt_embeds": embeds, "negative_prompt_embeds_mask": mask}
+        return {k: v.expand(batch, *v.shape[1:]) for k, v in self._negative[key].items()}
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """Each prompt padded to `max_sequence_length` with its mask, and the negative prompt's encoding per row
+        (the same for every row; its own short length, so it costs little in the cache)."""
+        embeds, mask = self._padded(*self._encode(prompts, device), self.max_sequence_length)
+        return {"prompt_embeds": embeds, "prompt_embeds_mask": mask, **self._negative_conditioning(len(prompts), device)}
+
+    # ------------------------------------------------------------- transformer
+
+    @staticmethod
+    def _trimmed(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Drop the padding no prompt of the batch uses; no mask when nothing is padded (as the stock pipeline)."""
+        length = int(mask.sum(dim=1).max())
+        embeds, mask = embeds[:, :length], mask[:, :length]
+        return embeds, (None if bool(mask.all()) else mask)
+
+    def _img_shapes(self, batch: int, height: int, width: int) -> list:
+        lh, lw = self._latent_size(height, width)
+        return [[(1, lh // 2, lw // 2)]] * batch
+
+    def _call_transformer(self, transformer, hidden_states, sigma, embeds, mask, img_shapes) -> torch.Tensor:
+        dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
+        embeds, mask = self._trimmed(embeds, mask)
+        return transformer(
+            hidden_states=hidden_states.to(dtype),
+            timestep=sigma.to(hidden_states.device),  # the level in [0, 1] (the pipeline's t / 1000)
+            encoder_hidden_states=embeds.to(dtype),
+            encoder_hidden_states_mask=mask,
+            img_shapes=img_shapes,
+            return_dict=False,
+        )[0]
+
+    def _guided_velocity(self, transformer, hidden_states, sigma, text, guidance_scale, img_shapes, tokens: int):
+        """The velocity of the first `tokens` of `hidden_states` (the image's; reference tokens may follow), with
+        true CFG when `guidance_scale > 1`."""
+        conditional = self._call_transformer(
+            transformer, hidden_states, sigma, text["prompt_embeds"], text["prompt_embeds_mask"], img_shapes
+        )[:, :tokens]
+        if guidance_scale <= 1:
+            return conditional
+        unconditional = self._call_transformer(
+            transformer,
+            hidden_states,
+            sigma,
+            text["negative_prompt_embeds"],
+            text["negative_prompt_embeds_mask"],
+            img_shapes,
+        )[:, :tokens]
+        return rescaled_cfg(conditional, unconditional, guidance_scale)
+
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+        img_shapes = self._img_shapes(latents.shape[0], height, width)
+        return self._guided_velocity(transformer, latents, sigma, text, guidance_scale, img_shapes, latents.shape[1])
+
+    def sample_noise(self, batch_size, height, width, generator, device) -> torch.Tensor:
+        lh, lw = self._latent_size(height, width)
+        # QwenImagePipeline draws `[B, 1, C, h, w]` (one video frame): the same numbers as `[B, C, h, w]`.
+        eps = torch.randn((batch_size, self.latent_channels, lh, lw), generator=generator, device=generator.device)
+        return pack_latents(eps).to(device)
+
+    # --------------------------------------------------------------------- VAE
+
+    def _latent_statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.pipeline.vae.config
+        mean = torch.tensor(config.latents_mean, device=like.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        std = torch.tensor(config.latents_std, device=like.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    def decode(self, latents, height, width) -> torch.Tensor:
+        vae = self.pipeline.vae
+        lh, lw = self._latent_size(height, width)
+        z = unpack_latents(latents.float(), lh, lw).unsqueeze(2)  # one frame
+        mean, std = self._latent_statistics(z)
+        # Divided by 1 / std, as the stock pipeline does: `z * std` differs in the last bit, which the VAE amplifies.
+        frames = vae.decode((z / (1 / std) + mean).to(vae.dtype), return_dict=False)[0]
+        return self.to_unit_images(frames[:, :, 0])
+
+    @torch.no_grad()
+    def encode_images(self, images, height, width) -> torch.Tensor:
+        vae = self.pipeline.vae
+        pixels = (images * 2 - 1).to(vae.device, vae.dtype).unsqueeze(2)
+        # The posterior's mean: the same image always gives the same x0 (the noise is drawn separately).
+        z = vae.encode(pixels).latent_dist.mode().float()
+        mean, std = self._latent_statistics(z)
+        return pack_latents(((z - mean) / std)[:, :, 0])
