@@ -21,7 +21,13 @@ from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.checkpointing import LORA_WEIGHTS_NAME, load_lora_checkpoint, saved_lora_config
 from srpo_trl.evaluation import EvalSettings, load_result
 from srpo_trl.evaluation import generate as eval_generate
-from srpo_trl.testing import tiny_flux2_pipeline, tiny_flux_kontext_pipeline, tiny_flux_pipeline
+from srpo_trl.models import get_adapter
+from srpo_trl.testing import (
+    tiny_flux2_pipeline,
+    tiny_flux_kontext_pipeline,
+    tiny_flux_pipeline,
+    tiny_qwen_image_pipeline,
+)
 
 PROMPTS = ["a bird", "a red tree"]
 SIZE, STEPS = 64, 3
@@ -32,12 +38,23 @@ def _references(n):
     return [Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def _vivid_qwen_image(seed):
+    """The tiny Qwen-Image pipeline with its VAE's output layer scaled, so that the LoRA visibly changes the images."""
+    pipe = tiny_qwen_image_pipeline(seed)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.mul_(5)
+    return pipe
+
+
 FAMILIES = {
     "flux": tiny_flux_pipeline,
     "kontext": tiny_flux_kontext_pipeline,
     "flux2-dev": lambda seed: tiny_flux2_pipeline(seed, variant="dev"),
     "flux2-klein": lambda seed: tiny_flux2_pipeline(seed, variant="klein"),
+    "qwen-image": _vivid_qwen_image,
 }
+# Text tokens per family: Qwen-Image's tiny tokenizer is character-level and keeps the tail of its system prompt.
+TOKENS = {"qwen-image": 256}
 
 LORAS = {
     "alpha-not-r": dict(r=4, lora_alpha=8),
@@ -57,7 +74,7 @@ def _trainer(family, config, lora, **overrides):
     return SRPOTrainer(
         FAMILIES[family](0),
         ColorWordReward(),
-        args=config(**overrides),
+        args=config(max_sequence_length=TOKENS.get(family, 32), **overrides),
         train_dataset=_dataset(family),
         peft_config=LoraConfig(**{"init_lora_weights": "gaussian", **lora}),
     )
@@ -83,10 +100,11 @@ def _images(pipe, family):
     """The stock pipeline's own images, from the same noise every call."""
     kontext = dict(image=_references(len(PROMPTS)), _auto_resize=False, max_area=SIZE * SIZE)
     kwargs = kontext if family == "kontext" else {}
+    kwargs.update(get_adapter(pipe).pipeline_guidance_kwargs(3.5))  # Qwen-Image: true CFG with its negative prompt
     pipe.set_progress_bar_config(disable=True)
     return pipe(
-        prompt=PROMPTS, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=3.5,
-        max_sequence_length=32, output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs,
+        prompt=PROMPTS, height=SIZE, width=SIZE, num_inference_steps=STEPS, max_sequence_length=TOKENS.get(family, 32),
+        output_type="pt", generator=torch.Generator().manual_seed(0), **kwargs,
     ).images  # fmt: skip
 
 

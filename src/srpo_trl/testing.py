@@ -15,7 +15,6 @@ that runs on them runs unchanged on FLUX.1-dev.
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Sequence
 
@@ -449,6 +448,9 @@ def _tiny_qwen_vl_encoder(tokenizer, hidden_size: int):
             num_attention_heads=2,
             num_key_value_heads=1,
             max_position_embeddings=4096,
+            bos_token_id=ids("<|im_start|>"),
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
         ),
         vision_config=dict(
@@ -492,9 +494,9 @@ def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
     # Qwen/Qwen-Image's scheduler settings: exponential dynamic shift with a terminal level of 0.02.
     scheduler = FlowMatchEulerDiscreteScheduler(
         base_image_seq_len=256,
-        base_shift=math.log(3),
+        base_shift=0.5,
         max_image_seq_len=8192,
-        max_shift=math.log(3),
+        max_shift=0.9,
         shift=1.0,
         shift_terminal=0.02,
         time_shift_type="exponential",

@@ -143,6 +143,11 @@ class AdapterBase:
             return None
         return torch.full((batch,), guidance_scale, device=device, dtype=torch.float32)
 
+    def pipeline_guidance_kwargs(self, guidance_scale: float) -> dict:
+        """Arguments that give the stock pipeline the guidance `velocity` applies at `guidance_scale`: the FLUX
+        families' `guidance_scale` (an input of guidance-distilled models)."""
+        return {"guidance_scale": guidance_scale}
+
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning with the reference images added; text-to-image families have none."""
         return conditioning

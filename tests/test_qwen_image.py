@@ -1,0 +1,135 @@
+"""Qwen-Image through its adapter: stock-sampler agreement with and without true CFG, the time shift, the VAE
+layout, an uphill step at the recipe defaults, and the full fine-tune round trip (the LoRA round trip is in
+`tests/test_lora_round_trip.py`)."""
+
+import math
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from diffusers import QwenImageTransformer2DModel
+from peft import LoraConfig
+from uphill import uphill_step
+
+from srpo_trl import ColorWordReward, SRPOTrainer, direct_align
+from srpo_trl.evaluation import load_result
+from srpo_trl.models import QwenImageAdapter, get_adapter
+from srpo_trl.models.qwen_image import qwen_image_mu
+from srpo_trl.testing import tiny_qwen_image_pipeline
+
+TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
+# The tiny tokenizer is character-level, so the tail of the pipeline's system prompt (it drops 34 tokens, the count
+# of Qwen's own tokenizer) stays in the text; 256 tokens keep the prompts themselves.
+TOKENS = 256
+
+
+def vivid(pipe):
+    """Scale the tiny VAE's output layer so decoded images carry visible colour."""
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.mul_(5)
+        pipe.vae.decoder.conv_out.bias.zero_()
+    return pipe
+
+
+def stock_images(pipe, prompts, guidance_scale, steps=3, seed=0):
+    """The stock pipeline's own images; `guidance_scale` as this adapter maps it (true CFG above 1)."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompt=prompts, height=64, width=64, num_inference_steps=steps, max_sequence_length=TOKENS,
+        output_type="pt", generator=torch.Generator().manual_seed(seed),
+        **get_adapter(pipe).pipeline_guidance_kwargs(guidance_scale),
+    ).images  # fmt: skip
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 4.0])
+def test_stock_sampler_and_qwen_image_adapter_agree(guidance_scale):
+    """Packing, the 5-D VAE latents and their statistics, masked text of two lengths, the timestep, and true CFG
+    with the negative prompt and diffusers' norm rescale all match `QwenImagePipeline`'s own sampler."""
+    pipe = vivid(tiny_qwen_image_pipeline(0))
+    adapter = get_adapter(pipe, max_sequence_length=TOKENS)
+    assert isinstance(adapter, QwenImageAdapter) and not adapter.guidance_embeds
+    prompts = ["a bird", "a red tree on a hill"]  # different lengths: the mask matters
+    stock = stock_images(pipe, prompts, guidance_scale, steps=4, seed=3)
+    sigmas = pipe.scheduler.sigmas.float()  # the stock grid of this call (its shift and terminal stretch)
+    text = adapter.encode_prompts(prompts, torch.device("cpu"))
+    assert text["prompt_embeds"].shape[1] == TOKENS and text["prompt_embeds_mask"][0].sum() < TOKENS
+    eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
+    with torch.no_grad():
+        x0 = direct_align.euler_sample(
+            lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64), eps, sigmas
+        )
+        ours = adapter.decode(x0, 64, 64)
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+def test_true_cfg_changes_the_velocity_and_keeps_the_conditional_norm():
+    pipe = tiny_qwen_image_pipeline(0)
+    adapter = get_adapter(pipe, max_sequence_length=TOKENS)
+    text = adapter.encode_prompts(["a bird"], torch.device("cpu"))
+    x = adapter.sample_noise(1, 64, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    sigma = torch.tensor([0.7])
+    with torch.no_grad():
+        plain = adapter.velocity(pipe.transformer, x, sigma, text, 1.0, 64, 64)
+        guided = adapter.velocity(pipe.transformer, x, sigma, text, 4.0, 64, 64)
+    assert (plain - guided).abs().max() > 1e-3
+    torch.testing.assert_close(guided.norm(dim=-1), plain.norm(dim=-1), atol=1e-5, rtol=1e-5)
+
+
+def test_qwen_image_time_shift_is_the_pipelines_resolution_dependent_mu():
+    pipe = tiny_qwen_image_pipeline(0)
+    adapter = get_adapter(pipe)
+    config = pipe.scheduler.config
+    assert adapter.default_time_shift(1024, 1024) == pytest.approx(math.exp(qwen_image_mu(64 * 64, config)))
+    assert adapter.default_time_shift(1328, 1328) == pytest.approx(math.exp(qwen_image_mu(83 * 83, config)))
+
+
+def test_qwen_image_encode_images_inverts_the_decode_layout():
+    pipe = tiny_qwen_image_pipeline(0)
+    adapter = get_adapter(pipe)
+    images = torch.rand(1, 3, 64, 64)
+    tokens = adapter.encode_images(images, 64, 64)
+    assert tokens.shape == (1, 16, 16)  # 4x4 tokens of 2x2 patches of 4 channels
+    # decode(encode(x)) == the VAE's own decode of its own posterior mean: layout and statistics round-trip.
+    with torch.no_grad():
+        z = pipe.vae.encode(images.unsqueeze(2) * 2 - 1).latent_dist.mode()
+        expected = (pipe.vae.decode(z).sample[:, :, 0] / 2 + 0.5).clamp(0, 1)
+        torch.testing.assert_close(adapter.decode(tokens, 64, 64), expected, atol=1e-5, rtol=0)
+
+
+def _trainer(config, lora=True, **overrides):
+    args = config(per_device_train_batch_size=2, max_sequence_length=TOKENS, **overrides)
+    peft_config = LoraConfig(r=8, lora_alpha=16, init_lora_weights="gaussian") if lora else None
+    return SRPOTrainer(
+        vivid(tiny_qwen_image_pipeline(0)), ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=peft_config
+    )
+
+
+def test_qwen_image_lora_steps_uphill_on_both_branches_at_the_recipe_defaults(config):
+    """One real step at lr 5e-6, the reward's own hinge, the inversion branch on, and the family's guidance (true
+    CFG in the training calls): the weights move uphill on both branches' rewards (see `tests/uphill.py`)."""
+    trainer = _trainer(config, max_steps=1)
+    args = trainer.args
+    assert args.learning_rate == 5e-6 and args.hinge_threshold is None and args.use_inversion_branch
+    step = uphill_step(trainer)
+    assert set(step.dots) == {"denoise", "inversion"} and step.uphill, step.dots
+    assert not step.unchanged_with_gradient and step.dtypes == {torch.float32}
+
+
+def test_qwen_image_full_fine_tune_reloads_as_the_trained_model(tmp_path, config):
+    """A full fine-tune's `transformer/` loads into the stock pipeline (directly and through `srpo-trl eval`'s
+    loader) and gives the trained model's images."""
+    trainer = _trainer(config, lora=False, max_steps=1, output_dir=str(tmp_path / "full"))
+    with torch.no_grad():  # far from the base, so that a wrong reload would show
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    trainer.save_model()
+    trained = stock_images(trainer.pipeline, ["a bird"], 4.0)
+    fresh = vivid(tiny_qwen_image_pipeline(0))
+    base = stock_images(fresh, ["a bird"], 4.0)
+    fresh.transformer = QwenImageTransformer2DModel.from_pretrained(os.path.join(trainer.args.output_dir, "transformer"))
+    assert (trained - base).abs().max() > 0.05
+    torch.testing.assert_close(stock_images(fresh, ["a bird"], 4.0), trained, atol=1e-5, rtol=0)
+    other = vivid(tiny_qwen_image_pipeline(0))
+    assert load_result(other, trainer.args.output_dir) == "transformer"
+    torch.testing.assert_close(stock_images(other, ["a bird"], 4.0), trained, atol=1e-5, rtol=0)
