@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.models import ADAPTERS, Flux2Adapter
-from srpo_trl.testing import tiny_flux2_pipeline
+from srpo_trl.testing import tiny_flux2_pipeline, tiny_flux_pipeline, tiny_qwen_image_pipeline
 
 
 def test_an_unsupported_family_fails_before_any_weights_load(tmp_path, config):
@@ -30,4 +30,25 @@ def test_a_saved_flux2_klein_folder_is_detected_from_model_index(tmp_path, confi
     )
     assert type(trainer.pipeline).__name__ == "Flux2KleinPipeline" and isinstance(trainer.adapter, Flux2Adapter)
     trainer.train()
-    assert set(ADAPTERS) == {"FluxPipeline", "FluxKontextPipeline", "Flux2Pipeline", "Flux2KleinPipeline"}
+    assert set(ADAPTERS) == {
+        "FluxPipeline",
+        "FluxKontextPipeline",
+        "Flux2Pipeline",
+        "Flux2KleinPipeline",
+        "QwenImagePipeline",
+        "QwenImageEditPipeline",
+    }
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [(tiny_flux_pipeline, (1.0, 3.5, 3.5)), (tiny_qwen_image_pipeline, (4.0, 1.0, 4.0))],
+)
+def test_unset_guidance_takes_the_familys(config, build, expected):
+    """FLUX: the recipe's distilled-guidance inputs; Qwen-Image: SRPO's Qwen-Image script (CFG 4 rollout, none in
+    training) and Qwen-Image's inference CFG for the samples. A value given is kept."""
+    data = Dataset.from_dict({"prompt": ["a cat"]})
+    args = SRPOTrainer(build(0), ColorWordReward(), args=config(), train_dataset=data).args
+    assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == expected
+    kept = SRPOTrainer(build(0), ColorWordReward(), args=config(train_guidance_scale=2.0), train_dataset=data).args
+    assert kept.train_guidance_scale == 2.0

@@ -76,12 +76,17 @@ def test_true_cfg_changes_the_velocity_and_keeps_the_conditional_norm():
     torch.testing.assert_close(guided.norm(dim=-1), plain.norm(dim=-1), atol=1e-5, rtol=1e-5)
 
 
-def test_qwen_image_time_shift_is_the_pipelines_resolution_dependent_mu():
+def test_qwen_image_trains_without_a_shift_and_knows_the_pipelines_own():
+    """SRPO's Qwen-Image script uses uniform grids; the stock pipeline's shift (Qwen/Qwen-Image's scheduler config,
+    which the tiny pipeline copies) is the documented 2.30 at 1328 px, 2.00 at 1024 px and 1.80 at 720 px."""
     pipe = tiny_qwen_image_pipeline(0)
     adapter = get_adapter(pipe)
-    config = pipe.scheduler.config
-    assert adapter.default_time_shift(1024, 1024) == pytest.approx(math.exp(qwen_image_mu(64 * 64, config)))
-    assert adapter.default_time_shift(1328, 1328) == pytest.approx(math.exp(qwen_image_mu(83 * 83, config)))
+    assert adapter.default_time_shift(720, 720) == adapter.default_time_shift(1328, 1328) == 1.0
+    assert adapter.inference_time_shift(1024, 1024) == pytest.approx(
+        math.exp(qwen_image_mu(64 * 64, pipe.scheduler.config))
+    )
+    shifts = [adapter.inference_time_shift(s, s) for s in (1328, 1024, 720)]
+    assert shifts == pytest.approx([2.3033, 2.0008, 1.8025], abs=1e-4)
 
 
 def test_qwen_image_encode_images_inverts_the_decode_layout():
@@ -105,12 +110,15 @@ def _trainer(config, lora=True, **overrides):
     )
 
 
-def test_qwen_image_lora_steps_uphill_on_both_branches_at_the_recipe_defaults(config):
-    """One real step at lr 5e-6, the reward's own hinge, the inversion branch on, and the family's guidance (true
-    CFG in the training calls): the weights move uphill on both branches' rewards (see `tests/uphill.py`)."""
-    trainer = _trainer(config, max_steps=1)
+@pytest.mark.parametrize("train_guidance_scale", [None, 4.0])
+def test_qwen_image_lora_steps_uphill_on_both_branches_at_the_recipe_defaults(config, train_guidance_scale):
+    """One real step at lr 5e-6, the reward's own hinge, the inversion branch on, the family's guidance (CFG 4 in
+    the rollout, none in training), and with true CFG in the training calls too: the weights move uphill on both
+    branches' rewards (see `tests/uphill.py`)."""
+    trainer = _trainer(config, max_steps=1, train_guidance_scale=train_guidance_scale)
     args = trainer.args
     assert args.learning_rate == 5e-6 and args.hinge_threshold is None and args.use_inversion_branch
+    assert (args.rollout_guidance_scale, args.train_guidance_scale) == (4.0, train_guidance_scale or 1.0)
     step = uphill_step(trainer)
     assert set(step.dots) == {"denoise", "inversion"} and step.uphill, step.dots
     assert not step.unchanged_with_gradient and step.dtypes == {torch.float32}
@@ -127,7 +135,9 @@ def test_qwen_image_full_fine_tune_reloads_as_the_trained_model(tmp_path, config
     trained = stock_images(trainer.pipeline, ["a bird"], 4.0)
     fresh = vivid(tiny_qwen_image_pipeline(0))
     base = stock_images(fresh, ["a bird"], 4.0)
-    fresh.transformer = QwenImageTransformer2DModel.from_pretrained(os.path.join(trainer.args.output_dir, "transformer"))
+    fresh.transformer = QwenImageTransformer2DModel.from_pretrained(
+        os.path.join(trainer.args.output_dir, "transformer")
+    )
     assert (trained - base).abs().max() > 0.05
     torch.testing.assert_close(stock_images(fresh, ["a bird"], 4.0), trained, atol=1e-5, rtol=0)
     other = vivid(tiny_qwen_image_pipeline(0))

@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--negative_control_words", nargs="+", help="Explicit negative words (override the preset).")
     evaluate.add_argument("--resolution", type=int, default=1024, help="Image size (default: 1024).")
     evaluate.add_argument("--num_inference_steps", type=int, default=28, help="Sampling steps (default: 28).")
-    evaluate.add_argument("--guidance_scale", type=float, default=3.5, help="Guidance scale (default: 3.5).")
+    evaluate.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=None,
+        help="Guidance scale (default: the family's, 3.5 for FLUX.1-dev; Qwen-Image: true CFG 4.0).",
+    )
     evaluate.add_argument("--max_sequence_length", type=int, default=512, help="Text tokens (default: 512).")
     evaluate.add_argument("--batch_size", type=int, default=4, help="Prompts per pipeline call (default: 4).")
     evaluate.add_argument("--seed", type=int, default=0, help="Seed of the first batch (default: 0).")

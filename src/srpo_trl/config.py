@@ -104,20 +104,25 @@ class SRPOConfig(TrainingArguments):
             latent granularity (16 for FLUX).
         rollout_steps (`int`, *optional*, defaults to `25`):
             Euler steps of the gradient-free rollout that produces the clean latent `x0`.
-        rollout_guidance_scale (`float`, *optional*, defaults to `1.0`):
-            Guidance of the rollout (an input of guidance-distilled models, not CFG).
+        rollout_guidance_scale (`float`, *optional*):
+            Guidance of the rollout. Defaults to the family's (`ModelAdapter.default_guidance`): `1.0` for FLUX (an
+            input of guidance-distilled models, not CFG); `4.0` for Qwen-Image (true CFG with a negative prompt: two
+            transformer calls per step).
         per_process_noise (`bool`, *optional*, defaults to `False`):
             The recipe draws the same rollout noise `eps` and levels on every process (each with its own prompts).
             With `True`, each process takes its own slice of one draw for the global batch, so `N` processes with
             batch `B` see exactly what one process with batch `N * B` would.
         time_shift (`float`, *optional*):
-            Static time shift `k` of the rollout and window grids. Defaults to the pipeline scheduler's `shift`
-            (3 for FLUX.1-dev, as the recipe uses).
+            Static time shift `k` of the rollout and window grids. Defaults to the family's: the pipeline
+            scheduler's `shift` for FLUX.1 (3 for FLUX.1-dev, as the recipe uses), FLUX.2's resolution-dependent
+            shift, and 1 (no shift, as SRPO's Qwen-Image script) for Qwen-Image.
 
         > Parameters that control Direct-Align
 
-        train_guidance_scale (`float`, *optional*, defaults to `3.5`):
-            Guidance passed to the transformer in the two training calls.
+        train_guidance_scale (`float`, *optional*):
+            Guidance in the two training calls. Defaults to the family's: `3.5` for FLUX (the recipe's), `1.0` for
+            Qwen-Image (SRPO's Qwen-Image script trains the conditional velocity alone; above 1, true CFG doubles
+            the training calls' cost).
         window_grid_steps (`int`, *optional*, defaults to `50`):
             Steps of the shifted grid `S` that the training window is cut from.
         window_start_index (`int`, *optional*, defaults to `5`):
@@ -165,9 +170,10 @@ class SRPOConfig(TrainingArguments):
             Prompts whose images (same seed each time) are logged to the trackers of `report_to` (`"trackio"`,
             TRL's recommended tracker, `"tensorboard"`, `"wandb"`) every `sample_steps` steps and at the end of training, when they are also written to
             `output_dir/samples/` for the model card.
-        sample_guidance_scale (`float`, *optional*, defaults to `3.5`):
-            Guidance of the sample images (FLUX.1-dev's inference default, the value the model card's loading
-            snippet uses); the training rollout's own guidance is `rollout_guidance_scale`. The samples are made
+        sample_guidance_scale (`float`, *optional*):
+            Guidance of the sample images, the value the model card's loading snippet uses. Defaults to the
+            family's inference default: `3.5` for FLUX.1-dev, `4.0` (true CFG) for Qwen-Image. The training
+            rollout's own guidance is `rollout_guidance_scale`. The samples are made
             with `rollout_steps` Euler steps at `resolution`, in eval mode, and the model card says so.
         sample_steps (`int`, *optional*, defaults to `0`):
             Steps between sample images; `0` logs them only at the end.
@@ -276,7 +282,10 @@ class SRPOConfig(TrainingArguments):
         metadata={"help": "Training image size: one int for a square, or height and width.", "nargs": "+"},
     )
     rollout_steps: int = field(default=25, metadata={"help": "Euler steps of the gradient-free rollout."})
-    rollout_guidance_scale: float = field(default=1.0, metadata={"help": "Guidance of the rollout."})
+    rollout_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Guidance of the rollout; defaults to the family's (FLUX 1.0, Qwen-Image 4.0)."},
+    )
     time_shift: float | None = field(
         default=None, metadata={"help": "Static time shift k; defaults to the scheduler config's `shift`."}
     )
@@ -290,7 +299,10 @@ class SRPOConfig(TrainingArguments):
     )
 
     # Direct-Align
-    train_guidance_scale: float = field(default=3.5, metadata={"help": "Guidance in the two training calls."})
+    train_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Guidance in the two training calls; defaults to the family's (FLUX 3.5, Qwen-Image 1.0)."},
+    )
     window_grid_steps: int = field(default=50, metadata={"help": "Steps of the grid the window is cut from."})
     window_start_index: int = field(default=5, metadata={"help": "Window start (noisiest) index on the grid."})
     window_end_index: int = field(default=25, metadata={"help": "Window end (least noisy) index on the grid."})
@@ -337,8 +349,9 @@ class SRPOConfig(TrainingArguments):
         default=None,
         metadata={"help": "Prompts whose images are logged to the report_to trackers.", "nargs": "+"},
     )
-    sample_guidance_scale: float = field(
-        default=3.5, metadata={"help": "Guidance of the sample images (the model card's inference setting)."}
+    sample_guidance_scale: float | None = field(
+        default=None,
+        metadata={"help": "Guidance of the sample images (the model card's); defaults to the family's (3.5, 4.0)."},
     )
     sample_steps: int = field(
         default=0, metadata={"help": "Log sample images every this many steps (0: only at the end of training)."}

@@ -149,14 +149,17 @@ def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def collate_rows(features: list[dict], args, height: int, width: int, reference: bool, offline: bool) -> dict:
-    """A batch of dataset rows for the trainer: the prompts (checked), the reference images of editing families,
-    and, offline, the real images, resized and centre-cropped to `height x width`."""
+def collate_rows(
+    features: list[dict], args, height: int, width: int, reference: tuple[int, int] | None, offline: bool
+) -> dict:
+    """A batch of dataset rows for the trainer: the prompts (checked), the reference images of editing families
+    resized and centre-cropped to `reference` (height, width), and, offline, the real images, resized and
+    centre-cropped to `height x width`."""
     column = args.dataset_prompt_column
     batch = {"prompt": check_prompts([f[column] for f in features], column)}
-    if reference:
+    if reference is not None:
         column = args.dataset_reference_image_column
-        batch["reference_images"] = torch.stack([image_to_tensor(f[column], height, width) for f in features])
+        batch["reference_images"] = torch.stack([image_to_tensor(f[column], *reference) for f in features])
     column = args.dataset_image_column
     if offline and column in features[0]:  # eval prompts come without images
         batch["images"] = torch.stack([image_to_tensor(f[column], height, width) for f in features])

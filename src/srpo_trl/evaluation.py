@@ -1,6 +1,7 @@
 """`srpo-trl eval`: score a base pipeline and a trained result on held-out prompts with reward models.
 
-Images come from the stock diffusers pipeline (`pipe(prompt=..., num_inference_steps=..., guidance_scale=...)`),
+Images come from the stock diffusers pipeline (`pipe(prompt=..., num_inference_steps=..., guidance_scale=...)`, or
+`true_cfg_scale` and a negative prompt for Qwen-Image),
 so the numbers describe what users get at inference, with the same seeds before and after. Each reward
 gives its plain score `f(x, prompt)` and, for text-conditioned rewards, the SRP score (`k = 0`, averaged
 over the control words). The result is a JSON of per-reward mean and std before and after, and their
@@ -22,7 +23,7 @@ from .checkpointing import LORA_WEIGHTS_NAME
 class EvalSettings:
     resolution: int = 1024
     num_inference_steps: int = 28
-    guidance_scale: float = 3.5
+    guidance_scale: float | None = None  # the family's inference default (FLUX.1-dev 3.5, Qwen-Image 4.0)
     seed: int = 0
     batch_size: int = 4
     max_sequence_length: int = 512
@@ -63,6 +64,10 @@ def load_result(pipeline, result: str) -> str:
 @torch.no_grad()
 def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tensor:
     """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`."""
+    from .models import adapter_class
+
+    family = adapter_class(type(pipeline))
+    guidance = settings.guidance_scale if settings.guidance_scale is not None else family.default_guidance["sample"]
     images = []
     for i, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start : start + settings.batch_size]
@@ -71,10 +76,10 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tens
             height=settings.resolution,
             width=settings.resolution,
             num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale,
             max_sequence_length=settings.max_sequence_length,
             generator=torch.Generator().manual_seed(settings.seed + i),
             output_type="pt",
+            **family.pipeline_guidance_kwargs(guidance),  # Qwen-Image: true CFG with its negative prompt
         )
         images.append(out.images.float().cpu())
     return torch.cat(images)

@@ -64,11 +64,22 @@ def base_model_license(base_model: str | None) -> dict[str, str]:
     return dict(KNOWN_LICENSES.get(base_model, {}))
 
 
+def _family(pipeline_class: str):
+    """The adapter class of a diffusers pipeline class name."""
+    import diffusers
+
+    from .models import adapter_class
+
+    return adapter_class(getattr(diffusers, pipeline_class))
+
+
 def _loading_snippet(
     base_model: str | None, repo_or_dir: str, lora: bool, pipeline_class: str, transformer_class: str, guidance: float
 ) -> str:
-    """How to load the result in a stock diffusers pipeline; the full fine-tune's transformer class is the family's."""
-    prompt_line = f'image = pipe("a portrait photo of an old fisherman", guidance_scale={guidance}).images[0]'
+    """How to load the result in a stock diffusers pipeline; the full fine-tune's transformer class is the family's,
+    and the guidance is given as the family's pipeline takes it (Qwen-Image: true CFG with a negative prompt)."""
+    arguments = "".join(f", {k}={v!r}" for k, v in _family(pipeline_class).pipeline_guidance_kwargs(guidance).items())
+    prompt_line = f'image = pipe("a portrait photo of an old fisherman"{arguments}).images[0]'
     if base_model is None:  # built in code: no id to load it by, so the snippet starts from the user's object
         load_base = f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"
         load_base_with_transformer = load_base + "\npipe.transformer = transformer"
@@ -131,7 +142,7 @@ def build_model_card(
         **license_meta,
     )
     gallery = ""
-    guidance = 3.5  # FLUX.1-dev's inference default
+    guidance = _family(pipeline_class).default_guidance["sample"]  # the family's inference default
     if samples:
         made_with = ""
         if sample_settings:

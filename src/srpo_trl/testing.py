@@ -413,7 +413,15 @@ def tiny_flux_kontext_pipeline(seed: int = 0, **kwargs):
 
 
 #: Qwen2.5-VL's chat and vision marker tokens, kept whole by [`tiny_qwen_tokenizer`] (the pipelines' templates use them).
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 def tiny_qwen_tokenizer(model_max_length: int = 2048):
@@ -423,7 +431,7 @@ def tiny_qwen_tokenizer(model_max_length: int = 2048):
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(QWEN_SPECIAL_TOKENS)}
-    vocab.update({c: len(vocab) + i for i, c in enumerate(dict.fromkeys(_ALPHABET))})
+    vocab.update({c: len(vocab) + i for i, c in enumerate(dict.fromkeys(_ALPHABET + "\n"))})  # templates hold newlines
     vocab["<unk>"] = len(vocab)
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = Split(pattern="", behavior="isolated")
@@ -463,7 +471,7 @@ def _tiny_qwen_vl_encoder(tokenizer, hidden_size: int):
             window_size=56,
         ),
         image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
     )
     return Qwen2_5_VLForConditionalGeneration(config)
@@ -516,6 +524,42 @@ def tiny_qwen_image_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torc
     transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
     pipe = QwenImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
+    )
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    for module in (vae, text_encoder, transformer):
+        module.eval()
+    return pipe
+
+
+def tiny_qwen_image_edit_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torch.float32):
+    """A tiny random `QwenImageEditPipeline`: the parts of [`tiny_qwen_image_pipeline`] plus a Qwen2-VL processor
+    whose image processor reads the reference at 56 x 56 pixels at most (4 merged vision tokens), so the text
+    encoder's view of the 1024 x 1024-area reference the pipeline makes stays cheap."""
+    from diffusers import QwenImageEditPipeline
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
+    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
+    # Without torchvision (it does not import beside the CPU torch build), transformers cannot resolve the video
+    # processor's class to type-check it; image editing never uses it, so the check is skipped for this call.
+    from unittest import mock
+
+    from transformers.processing_utils import ProcessorMixin
+
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None):
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    pipe = QwenImageEditPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        processor=processor,
+        transformer=transformer,
     )
     if dtype != torch.float32:
         pipe.to(dtype=dtype)

@@ -123,6 +123,9 @@ class SRPOTrainer(Trainer):
 
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
+        for use, guidance in self.adapter.default_guidance.items():  # unset guidance: the family's
+            if getattr(args, f"{use}_guidance_scale") is None:
+                setattr(args, f"{use}_guidance_scale", guidance)
         self.height, self.width = args.image_size
         check_pipeline_inputs(self.adapter, args, train_dataset, eval_dataset)
         self.step = SRPOStep.from_config(self.adapter, args, self.rewards, self.reward_weights, self.hinge_thresholds)
@@ -188,9 +191,10 @@ class SRPOTrainer(Trainer):
             reward.to(device)
 
     def _collate(self, features: list[dict]) -> dict:
-        return collate_rows(
-            features, self.args, self.height, self.width, self.adapter.requires_reference_image, self.offline
-        )
+        reference = None
+        if self.adapter.requires_reference_image:
+            reference = self.adapter.reference_image_size(self.height, self.width)
+        return collate_rows(features, self.args, self.height, self.width, reference, self.offline)
 
     def _step_generator(self) -> torch.Generator:
         """A CPU generator keyed by (seed, step, micro-batch): the same on every rank, and reproducible on resume."""
@@ -207,19 +211,22 @@ class SRPOTrainer(Trainer):
     # ------------------------------------------------------ randomness, sampling
 
     def _conditioning(self, prompts: list[str], reference_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Cached text embeddings, plus the reference images' latents for image-editing families."""
-        conditioning = self.text_cache.get(prompts)
-        if self.adapter.requires_reference_image:
-            if reference_images is None:
-                raise ValueError(
-                    f"{type(self.pipeline).__name__} edits a reference image: give one per prompt "
-                    f"(dataset column {self.args.dataset_reference_image_column!r}, or generate(reference_images=...))"
-                )
-            device = self.accelerator.device
-            conditioning = self.adapter.add_reference(
-                conditioning, reference_images.to(device), self.height, self.width
+        """Cached text embeddings, plus the reference images' latents for image-editing families. A family whose
+        text encoder sees the reference (Qwen-Image-Edit) encodes the text with it, per batch."""
+        if not self.adapter.requires_reference_image:
+            return self.text_cache.get(prompts)
+        if reference_images is None:
+            raise ValueError(
+                f"{type(self.pipeline).__name__} edits a reference image: give one per prompt "
+                f"(dataset column {self.args.dataset_reference_image_column!r}, or generate(reference_images=...))"
             )
-        return conditioning
+        device = self.accelerator.device
+        reference_images = reference_images.to(device)
+        if self.adapter.text_sees_reference:
+            conditioning = self.adapter.encode_prompts(prompts, device, reference_images=reference_images)
+        else:
+            conditioning = self.text_cache.get(prompts)
+        return self.adapter.add_reference(conditioning, reference_images, self.height, self.width)
 
     @torch.no_grad()
     def generate(

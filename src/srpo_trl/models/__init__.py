@@ -7,6 +7,7 @@ from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
+from .qwen_image_edit import QwenImageEditAdapter
 
 # Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
 ADAPTERS: dict[str, type] = {
@@ -15,6 +16,7 @@ ADAPTERS: dict[str, type] = {
     "Flux2Pipeline": Flux2Adapter,
     "Flux2KleinPipeline": Flux2Adapter,
     "QwenImagePipeline": QwenImageAdapter,
+    "QwenImageEditPipeline": QwenImageEditAdapter,
 }
 
 
@@ -58,6 +60,7 @@ __all__ = [
     "FluxKontextAdapter",
     "ModelAdapter",
     "QwenImageAdapter",
+    "QwenImageEditAdapter",
     "adapter_class",
     "check_model_index",
     "get_adapter",

@@ -27,8 +27,13 @@ class ModelAdapter(Protocol):
     default_lora_target_modules: ClassVar[list[str]]
     #: Whether each prompt comes with a reference image (image editing, e.g. FLUX.1 Kontext).
     requires_reference_image: ClassVar[bool]
+    #: Whether the text encoder sees the reference image too (Qwen-Image-Edit): `encode_prompts` then takes the
+    #: references, and the text conditioning is made per batch instead of cached per prompt.
+    text_sees_reference: ClassVar[bool]
     #: Pipeline components (encoders and tokenizers) that make the text conditioning; they never train.
     text_components: ClassVar[tuple[str, ...]]
+    #: `{"rollout": g, "train": g, "sample": g}`: the guidance `SRPOConfig`'s unset `*_guidance_scale` take.
+    default_guidance: ClassVar[dict[str, float]]
 
     pipeline: Any
     #: Text tokens per prompt.
@@ -41,8 +46,11 @@ class ModelAdapter(Protocol):
     def default_time_shift(self, height: int, width: int) -> float:
         """The family's time shift `k` for training at this resolution."""
 
-    def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        """Text conditioning for `prompts`, computed without gradient; tensors with batch first."""
+    def encode_prompts(
+        self, prompts: list[str], device: torch.device, reference_images: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Text conditioning for `prompts`, computed without gradient; tensors with batch first. Only families
+        whose text encoder sees the reference image (`text_sees_reference`) take `reference_images`."""
 
     def sample_noise(
         self, batch_size: int, height: int, width: int, generator: torch.Generator, device: torch.device
@@ -64,10 +72,18 @@ class ModelAdapter(Protocol):
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode latents to float32 images `[B, 3, H, W]` in [0, 1], differentiably."""
 
+    @classmethod
+    def pipeline_guidance_kwargs(cls, guidance_scale: float) -> dict:
+        """Keyword arguments that make the family's stock pipeline apply the guidance `velocity` applies at
+        `guidance_scale` (for `srpo-trl eval` and the model card's snippet)."""
+
     def add_reference(
         self, conditioning: dict[str, torch.Tensor], reference_images: torch.Tensor, height: int, width: int
     ) -> dict[str, torch.Tensor]:
         """`conditioning` plus whatever `velocity` needs of the reference images (batch-first tensors)."""
+
+    def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
+        """`(height, width)` the data pipeline resizes reference images to, for `height x width` training images."""
 
     def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""
@@ -123,6 +139,11 @@ class AdapterBase:
     no-op reference hook of text-to-image families, LoRA saving and the VAE's images mapped to [0, 1]."""
 
     requires_reference_image: ClassVar[bool] = False
+    text_sees_reference: ClassVar[bool] = False
+    #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
+    #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and
+    #: FLUX.1-dev's inference default (3.5).
+    default_guidance: ClassVar[dict[str, float]] = {"rollout": 1.0, "train": 3.5, "sample": 3.5}
 
     def __init__(self, pipeline, max_sequence_length: int = 512):
         self.pipeline = pipeline
@@ -143,10 +164,15 @@ class AdapterBase:
             return None
         return torch.full((batch,), guidance_scale, device=device, dtype=torch.float32)
 
-    def pipeline_guidance_kwargs(self, guidance_scale: float) -> dict:
+    @classmethod
+    def pipeline_guidance_kwargs(cls, guidance_scale: float) -> dict:
         """Arguments that give the stock pipeline the guidance `velocity` applies at `guidance_scale`: the FLUX
         families' `guidance_scale` (an input of guidance-distilled models)."""
         return {"guidance_scale": guidance_scale}
+
+    def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size the data pipeline gives the reference images of `height x width` training images: the same."""
+        return height, width
 
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning with the reference images added; text-to-image families have none."""

@@ -14,8 +14,10 @@ What Qwen-Image changes against FLUX.1, all handled here:
 - a video-style VAE (`AutoencoderKLQwenImage`, 16 channels, 8x): 5-D latents with one frame, normalised
   with the VAE config's per-channel `latents_mean` / `latents_std`; tokens are FLUX's 2x2-packed layout,
   and the transformer builds its 3-D rotary positions from `img_shapes`;
-- the time shift is resolution-dependent: `exp(mu)` with the pipeline's `calculate_shift` for the image's
-  token count, the scheduler's exponential dynamic shift.
+- the time shift: Qwen-Image samples with a resolution-dependent shift (`exp(mu)` from the pipeline's
+  `calculate_shift`, 2.0 at 1024 px, [`inference_time_shift`]) and stretches the grid to end at 0.02. SRPO's
+  published Qwen-Image script trains without a shift (its rollout and window grids are uniform), so
+  [`default_time_shift`] is 1; `SRPOConfig.time_shift` sets another.
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ class QwenImageAdapter(AdapterBase):
         "txt_mlp.net.2",
     ]
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+    #: SRPO's published Qwen-Image script: the rollout with true CFG 4 (Qwen-Image's inference default), the
+    #: training call without CFG (conditional velocity only); samples as Qwen-Image is used, CFG 4.
+    default_guidance: ClassVar[dict[str, float]] = {"rollout": 4.0, "train": 1.0, "sample": 4.0}
+    #: The negative prompt of true CFG.
+    negative_prompt: ClassVar[str] = DEFAULT_NEGATIVE_PROMPT
 
-    def __init__(self, pipeline, max_sequence_length: int = 512, negative_prompt: str = DEFAULT_NEGATIVE_PROMPT):
+    def __init__(self, pipeline, max_sequence_length: int = 512):
         self.pipeline = pipeline
         self.max_sequence_length = max_sequence_length
-        self.negative_prompt = negative_prompt
         self.vae_scale_factor = 2 ** len(pipeline.vae.temperal_downsample)
         self.latent_channels = pipeline.vae.config.z_dim
         self.guidance_embeds = False  # Qwen-Image is not guidance-distilled: CFG is two calls (see `velocity`)
@@ -83,13 +89,19 @@ class QwenImageAdapter(AdapterBase):
         return height // self.vae_scale_factor, width // self.vae_scale_factor
 
     def default_time_shift(self, height: int, width: int) -> float:
+        # SRPO's Qwen-Image script: uniform rollout and window grids (no shift) at any resolution.
+        return 1.0
+
+    def inference_time_shift(self, height: int, width: int) -> float:
+        """The stock pipeline's shift `exp(mu)` at this resolution (before its stretch to a last level of 0.02)."""
         lh, lw = self._latent_size(height, width)
         return math.exp(qwen_image_mu((lh // 2) * (lw // 2), self.pipeline.scheduler.config))
 
-    def pipeline_guidance_kwargs(self, guidance_scale: float) -> dict:
+    @classmethod
+    def pipeline_guidance_kwargs(cls, guidance_scale: float) -> dict:
         """Arguments that give the stock pipeline this adapter's guidance: true CFG with the negative prompt."""
         if guidance_scale > 1:
-            return {"true_cfg_scale": guidance_scale, "negative_prompt": self.negative_prompt}
+            return {"true_cfg_scale": guidance_scale, "negative_prompt": cls.negative_prompt}
         return {"true_cfg_scale": 1.0}
 
     # ------------------------------------------------------------------ text
@@ -122,7 +134,11 @@ class QwenImageAdapter(AdapterBase):
         """Each prompt padded to `max_sequence_length` with its mask, and the negative prompt's encoding per row
         (the same for every row; its own short length, so it costs little in the cache)."""
         embeds, mask = self._padded(*self._encode(prompts, device), self.max_sequence_length)
-        return {"prompt_embeds": embeds, "prompt_embeds_mask": mask, **self._negative_conditioning(len(prompts), device)}
+        return {
+            "prompt_embeds": embeds,
+            "prompt_embeds_mask": mask,
+            **self._negative_conditioning(len(prompts), device),
+        }
 
     # ------------------------------------------------------------- transformer
 

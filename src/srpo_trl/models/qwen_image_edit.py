@@ -1,0 +1,108 @@
+"""Qwen-Image-Edit adapter: `diffusers.QwenImageEditPipeline` (image editing with a reference image).
+
+The reference is handled as Kontext's is: its VAE latents, packed like the generated ones, are appended to the
+image tokens (the transformer tells them apart by their place in `img_shapes`, which gives them the second frame
+index of its 3-D rotary positions), and the transformer's output for them is dropped. Only the generated image
+is noised, stepped, recovered and rewarded; the reference is conditioning, like the text.
+
+One thing differs from Kontext: Qwen-Image-Edit's text encoder, Qwen2.5-VL, *sees the reference image* (the
+prompt template holds an image placeholder), so the text conditioning depends on the reference and is made per
+batch (`text_sees_reference`): it cannot be cached per prompt, and the text encoder stays on the accelerator.
+The negative prompt of true CFG is encoded with the reference image as well, as the stock pipeline does.
+
+As the stock pipeline, the reference is resized to a 1024 x 1024-pixel area at its own aspect ratio (sides
+multiples of 32) for both the VAE and the text encoder, whatever the generated image's size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .qwen_image import QwenImageAdapter
+
+#: The pixel area the stock pipeline resizes the reference image to.
+REFERENCE_AREA = 1024 * 1024
+
+
+def reference_size(height: int, width: int, area: int = REFERENCE_AREA) -> tuple[int, int]:
+    """`(height, width)` of the reference after the stock pipeline's resize: `area` pixels at the reference's aspect
+    ratio, each side rounded to a multiple of 32 (diffusers' `calculate_dimensions`)."""
+    ratio = width / height
+    new_width = math.sqrt(area * ratio)
+    new_height = new_width / ratio
+    return round(new_height / 32) * 32, round(new_width / 32) * 32
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """Float images `[B, 3, H, W]` in [0, 1] as PIL images (rounded to 8 bits, as an image file holds them)."""
+    from PIL import Image
+
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
+
+
+class QwenImageEditAdapter(QwenImageAdapter):
+    """Adapter for `QwenImageEditPipeline` (Qwen-Image-Edit)."""
+
+    family: ClassVar[str] = "qwen-image-edit"
+    requires_reference_image: ClassVar[bool] = True
+    text_sees_reference: ClassVar[bool] = True
+    text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer", "processor")
+    #: The reference's pixel area (the stock pipeline's, fixed in its code; the tests shrink both).
+    reference_area: int = REFERENCE_AREA
+
+    def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
+        """The stock pipeline's reference size for the training images' aspect ratio: the data pipeline resizes
+        the references straight to it (not to the training size and up again)."""
+        return reference_size(height, width, area=self.reference_area)
+
+    def _resized_reference(self, reference_images: torch.Tensor) -> torch.Tensor:
+        """The references at the stock pipeline's reference size (unchanged when they already have it)."""
+        height, width = reference_size(*reference_images.shape[-2:], area=self.reference_area)
+        if (height, width) == tuple(reference_images.shape[-2:]):
+            return reference_images
+        # The stock pipeline resizes a PIL image with Lanczos; antialiased bicubic is close, and works on tensors.
+        resized = F.interpolate(reference_images.float(), (height, width), mode="bicubic", antialias=True)
+        return resized.clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts, device, reference_images: torch.Tensor | None = None):
+        """The prompts and the negative prompt, each encoded with its row's reference image (batch-first)."""
+        if reference_images is None:
+            raise ValueError("QwenImageEditAdapter.encode_prompts: the text encoder needs the reference images")
+        images = to_pil(self._resized_reference(reference_images))
+        embeds, mask = self._encode(prompts, device, image=images)
+        negative, negative_mask = self._encode([self.negative_prompt] * len(prompts), device, image=images)
+        return {
+            "prompt_embeds": embeds,
+            "prompt_embeds_mask": mask,
+            "negative_prompt_embeds": negative,
+            "negative_prompt_embeds_mask": negative_mask,
+        }
+
+    @torch.no_grad()
+    def add_reference(self, conditioning, reference_images, height, width):
+        """Conditioning plus the references' packed latents (`[B, tokens, C]`) and their token grid (`[B, 2]`)."""
+        references = self._resized_reference(reference_images)
+        ref_height, ref_width = references.shape[-2:]
+        latents = self.encode_images(references, ref_height, ref_width)
+        rows, cols = ref_height // self.latent_granularity, ref_width // self.latent_granularity
+        grid = torch.tensor([rows, cols], device=latents.device).expand(latents.shape[0], 2)
+        return {**conditioning, "reference_latents": latents, "reference_grid": grid}
+
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+        reference = text.get("reference_latents")
+        if reference is None:
+            raise ValueError("QwenImageEditAdapter.velocity: the conditioning has no reference image latents")
+        rows, cols = (int(n) for n in text["reference_grid"][0])
+        lh, lw = self._latent_size(height, width)
+        img_shapes = [[(1, lh // 2, lw // 2), (1, rows, cols)]] * latents.shape[0]
+        hidden_states = torch.cat([latents, reference.to(latents.dtype)], dim=1)
+        return self._guided_velocity(
+            transformer, hidden_states, sigma, text, guidance_scale, img_shapes, latents.shape[1]
+        )
