@@ -105,4 +105,8 @@ def save_copy(name: str, folder: str, seed: int = 0) -> str:
         return save_hps_copy(folder, seed)
     if name == "laion-aesthetic":
         return save_aesthetic_copy(folder, seed)
+    if name == "hpsv3":
+        from hpsv3_copy import save_hpsv3_copy
+
+        return save_hpsv3_copy(folder, seed)
     return save_clip_copy(folder, seed)

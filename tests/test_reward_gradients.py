@@ -64,7 +64,7 @@ def test_both_branches_give_aligned_gradients_at_the_defaults(tmp_path, config, 
     trainer = _trainer(_reward(kind, tmp_path), config)
     args = trainer.args
     assert args.use_inversion_branch and args.hinge_threshold is None and args.learning_rate == 5e-6
-    expected_tau = 10.0 if kind == "laion-aesthetic" else 0.7
+    expected_tau = {"laion-aesthetic": 10.0, "hpsv3": 10.0}.get(kind, 0.7)
     assert trainer.hinge_thresholds == [expected_tau]
     g = _branch_gradients(trainer)
     assert set(g) == {"denoise", "inversion"}

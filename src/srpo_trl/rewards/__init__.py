@@ -6,7 +6,9 @@ from .base import DEFAULT_HINGE_THRESHOLD, CallableReward, Reward, as_reward, im
 from .clip import CLIPReward
 from .color import ColorWordReward
 from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to_transformers
+from .hpsv3 import HPSv3Head, HPSv3Reward
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
+from .qwen_vl_preprocess import qwen_vl_preprocess
 from .registry import REWARDS, RewardSpec, load_reward
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "CLIPReward",
     "CallableReward",
     "ColorWordReward",
+    "HPSv3Head",
+    "HPSv3Reward",
     "Reward",
     "RewardSpec",
     "as_reward",
@@ -31,6 +35,7 @@ __all__ = [
     "load_reward",
     "load_state_dict_file",
     "open_clip_to_transformers",
+    "qwen_vl_preprocess",
     "srp_score",
     "with_control_word",
 ]

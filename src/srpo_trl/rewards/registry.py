@@ -14,6 +14,7 @@ import torch
 
 from .aesthetic import AESTHETIC_HINGE_THRESHOLD
 from .base import DEFAULT_HINGE_THRESHOLD, Reward
+from .hpsv3 import HPSV3_BASE, HPSV3_CHECKPOINT, HPSV3_FILENAME, HPSV3_HINGE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class RewardSpec:
     """What a registered reward name loads. `filename` is `None` when the repo is a transformers CLIP model."""
 
     name: str
-    family: str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint) or "aesthetic"
+    family: str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint), "aesthetic" or "hpsv3"
     checkpoint: str
     filename: str | None
     tokenizer: str | None
@@ -113,6 +114,19 @@ REWARDS: dict[str, RewardSpec] = {
             description="LAION aesthetic predictor v2 (image-only: plain Direct-Align, no SRP)",
             hinge_threshold=AESTHETIC_HINGE_THRESHOLD,
         ),
+        RewardSpec(
+            name="hpsv3",
+            family="hpsv3",
+            checkpoint=HPSV3_CHECKPOINT,
+            filename=HPSV3_FILENAME,
+            tokenizer=HPSV3_BASE,  # config and tokenizer: the checkpoint holds only tensors
+            license="not confirmed here: check the model page (code MIT; base Qwen2-VL-7B-Instruct Apache-2.0)",
+            text_conditioned=True,
+            output_scale="preference score, about 8-11 for recent models' images (FLUX.1-dev 10.4 on average)",
+            parameters="7.74 B loaded (fine-tuned Qwen2-VL-7B-Instruct without its LM head) + 3.7 M head",
+            description="Human Preference Score v3 (a Qwen2-VL-7B reward with an MLP head)",
+            hinge_threshold=HPSV3_HINGE_THRESHOLD,
+        ),
     ]
 }
 
@@ -182,7 +196,33 @@ def _load_aesthetic(spec: RewardSpec, path: str | None, dtype, clip: str | None 
     return AestheticReward(vision_model=clip or AESTHETIC_CLIP, mlp=head, name=spec.name, dtype=dtype)
 
 
-_LOADERS: dict[str, Callable[..., Reward]] = {"clip": _load_clip, "hps": _load_hps, "aesthetic": _load_aesthetic}
+def _load_hpsv3(spec: RewardSpec, path: str | None, dtype, base: str | None = None, **kwargs) -> Reward:
+    from .hpsv3 import HPSv3Reward
+
+    if path is None:
+        checkpoint = _download(spec)
+    elif os.path.isdir(path):  # a folder holding the base model's config + tokenizer and the checkpoint
+        checkpoint = os.path.join(path, spec.filename)
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(
+                f"reward {spec.name!r}: folder {path!r} has no {spec.filename}; it must hold {spec.filename} beside "
+                f"{spec.tokenizer}'s config.json and tokenizer files"
+            )
+        base = base or path
+    else:
+        checkpoint = path
+        beside = os.path.dirname(os.path.abspath(path))
+        if base is None and os.path.isfile(os.path.join(beside, "config.json")) and _has_tokenizer(beside):
+            base = beside
+    return HPSv3Reward.from_checkpoint(checkpoint, base=base or spec.tokenizer, dtype=dtype, name=spec.name, **kwargs)
+
+
+_LOADERS: dict[str, Callable[..., Reward]] = {
+    "clip": _load_clip,
+    "hps": _load_hps,
+    "aesthetic": _load_aesthetic,
+    "hpsv3": _load_hpsv3,
+}
 
 
 def split_name_and_path(text: str) -> tuple[str | None, str | None]:
@@ -198,17 +238,21 @@ def split_name_and_path(text: str) -> tuple[str | None, str | None]:
 def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtype | None = None, **kwargs) -> Reward:
     """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
 
-    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, `shapes-clip`, the
-    tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), and `color`, a colour-word stand-in (see
-    `REWARDS` and the rewards page of the docs). Without a path the checkpoint is downloaded from its
-    usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint or a folder
-    written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else the
-    ViT-H-14 one from the Hub); CLIP and PickScore, a transformers CLIP folder; the aesthetic
+    Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, `hpsv3`,
+    `shapes-clip`, the tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), and `color`, a
+    colour-word stand-in (see `REWARDS` and the rewards page of the docs). Without a path the checkpoint is
+    downloaded from its usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint
+    or a folder written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else
+    the ViT-H-14 one from the Hub); CLIP and PickScore, a transformers CLIP folder; the aesthetic
     predictor, a folder holding a transformers CLIP ViT-L/14 and the head's weights file, or the head's
-    file alone (the CLIP tower then comes from `clip=`, a folder or hub id).
+    file alone (the CLIP tower then comes from `clip=`, a folder or hub id); HPSv3, a folder holding
+    `HPSv3.safetensors` beside Qwen2-VL-7B-Instruct's `config.json` and tokenizer files, or the
+    `HPSv3.safetensors` file alone (config and tokenizer then from a folder beside it that has them, else
+    from `base=`, a folder or hub id, by default `Qwen/Qwen2-VL-7B-Instruct`).
 
-    Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), and, for
-    HPS checkpoints, the conversion's `vision_heads` / `text_heads`. `dtype` is the reward model's dtype.
+    Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), `base`,
+    `min_pixels` and `max_pixels` (HPSv3), and, for HPS checkpoints, the conversion's `vision_heads` /
+    `text_heads`. `dtype` is the reward model's dtype (HPSv3: bfloat16 when not given).
     """
     if not isinstance(name_or_path, str):
         raise TypeError(f"load_reward: expected a name or path string, got {type(name_or_path).__name__}")
