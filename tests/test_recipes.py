@@ -61,3 +61,15 @@ def test_online_recipes_keep_the_best_checkpoint_by_held_out_reward(name, tmp_pa
     assert args.save_total_limit == 2
     assert "laion-aesthetic" in script.eval_reward_funcs
     assert not set(script.eval_reward_funcs) & set(script.reward_funcs)  # watched, never trained on
+
+
+def test_qwen_image_recipe_carries_srpos_published_qwen_values(tmp_path):
+    """SRPO's Qwen-Image script: CFG 4 in the rollout, none in training, uniform grids, the window 0.9 -> 0.2 in
+    100 levels, k = 0, no inversion branch, lr 3e-6, PickScore (docs/models.md)."""
+    script, args, model = _parse("qwen_image_pickscore.yaml", tmp_path)
+    assert model.model_name_or_path == "Qwen/Qwen-Image" and script.reward_funcs == ["pickscore"]
+    assert (args.rollout_steps, args.rollout_guidance_scale, args.train_guidance_scale) == (26, 4.0, 1.0)
+    assert (args.time_shift, args.window_start_index, args.window_end_index, args.num_levels) == (1.0, 5, 40, 100)
+    assert (args.rho, args.denoise_discount, args.use_inversion_branch) == (0.6, [0.0, 0.0], False)
+    assert (args.learning_rate, args.max_grad_norm, args.image_size) == (3e-6, 50.0, (720, 720))
+    assert args.negative_control_words == ["Concept art", "Painting", "Anime"]
