@@ -199,7 +199,15 @@ def test_unknown_names_and_missing_paths_fail_with_the_valid_names(tmp_path):
 
 
 def test_registry_documents_every_name():
-    assert set(REWARDS) == {"hpsv2.1", "hpsv2", "pickscore", "clip-vit-h-14", "clip-vit-l-14", "laion-aesthetic"}
+    assert set(REWARDS) == {
+        "hpsv2.1",
+        "hpsv2",
+        "pickscore",
+        "clip-vit-h-14",
+        "clip-vit-l-14",
+        "laion-aesthetic",
+        "hpsv3",
+    }
     for spec in REWARDS.values():
         assert spec.checkpoint and spec.license and spec.output_scale and spec.parameters
     assert [n for n, s in REWARDS.items() if not s.text_conditioned] == ["laion-aesthetic"]
