@@ -33,13 +33,21 @@ QWEN2_VL_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+#: The copy's instruction: our own words in the published one's shape (criteria, the prompt, a request that ends in
+#: the reward token). The real text is HPSv3's and is not in this repository (see `load_instruction`).
+TINY_INSTRUCTION = (
+    "\nRate how much people would like this generated image, from 0 (worst) to 10 (best).\n\n"
+    "Look at the picture: is it sharp, detailed, well composed, free of broken anatomy, safe?\n"
+    "Look at the prompt: are the subject, style, setting and attributes all there, and nothing against it?\n"
+    "Prompt - {prompt}\n\n\n\nThe rating of this image: <|Reward|>\n\nEND\n"
+)
 HIDDEN = 32
 HEAD_WIDTHS = (24, 8)  # the real head is hidden -> 1024 -> 16 -> 2
 
 
 def tiny_qwen2_tokenizer(vocab_size: int = 1200):
     """A byte-level BPE `Qwen2Tokenizer` with Qwen2-VL's added tokens, its merges trained offline on HPSv3's
-    instruction, so that the instruction is a few hundred tokens long (as in the real tokenizer), not 2,500 bytes."""
+    instruction, so that the instruction is words and not bytes (as in the real tokenizer)."""
     from tokenizers import Tokenizer
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -50,7 +58,11 @@ def tiny_qwen2_tokenizer(vocab_size: int = 1200):
     pre_tokenizer = Qwen2Tokenizer()._tokenizer.pre_tokenizer  # Qwen2's split regex + byte-level mapping
     trainer_tokenizer = Tokenizer(BPE())
     trainer_tokenizer.pre_tokenizer = pre_tokenizer
-    texts = [hpsv3_user_text("a cat, a dog on a hill at dawn, the sea, a house. Real. Painting. Detailed.")]
+    texts = [
+        hpsv3_user_text(
+            "a cat, a dog on a hill at dawn, the sea, a house. Real. Painting. Detailed.", TINY_INSTRUCTION
+        )
+    ]
     trainer = BpeTrainer(vocab_size=vocab_size, initial_alphabet=ByteLevel.alphabet(), show_progress=False)
     trainer_tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(trainer_tokenizer.to_str())["model"]
@@ -137,4 +149,6 @@ def save_hpsv3_copy(folder: str, seed: int = 0) -> str:
         json.dump(_legacy_config(tokenizer, vocab_size=rows + 7), f, indent=2)
     config = Qwen2VLConfig(**_legacy_config(tokenizer, vocab_size=rows))
     save_file(hpsv3_tensors(config, seed), os.path.join(folder, "HPSv3.safetensors"))
+    with open(os.path.join(folder, "hpsv3_instruction.txt"), "w", encoding="utf-8") as f:
+        f.write(TINY_INSTRUCTION)
     return folder

@@ -3,11 +3,12 @@ differentiable preprocessing against transformers' Qwen2-VL processor, the score
 gradients and SRP."""
 
 import os
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hpsv3_copy import save_hpsv3_copy
+from hpsv3_copy import TINY_INSTRUCTION, save_hpsv3_copy
 from safetensors.torch import load_file, save_file
 
 from srpo_trl.rewards import REWARDS, HPSv3Reward, load_reward
@@ -102,6 +103,23 @@ def test_bad_copies_and_inputs_are_refused_with_the_reason(copy_folder, reward, 
         reward.score(images, ["a cat", f"a dog {REWARD_TOKEN}"])
 
 
+def test_the_instruction_comes_from_the_user_and_is_checked(copy_folder, tmp_path):
+    """HPSv3's instruction is its authors' text, not shipped: without it the loader stops before any weights load."""
+    base = tmp_path / "base"
+    shutil.copytree(copy_folder, base, ignore=shutil.ignore_patterns("hpsv3_instruction.txt", "*.safetensors"))
+    (tmp_path / "bare").mkdir()
+    checkpoint = tmp_path / "bare" / "HPSv3.safetensors"
+    os.symlink(os.path.join(copy_folder, "HPSv3.safetensors"), checkpoint)
+    with pytest.raises(ValueError, match="needs the instruction it was trained to read"):
+        load_reward("hpsv3", path=str(checkpoint), base=str(base))
+    with pytest.raises(ValueError, match="must hold {prompt} once"):
+        load_reward("hpsv3", path=str(checkpoint), base=str(base), instruction="Rate it: <|Reward|>")
+    given = load_reward(
+        "hpsv3", path=str(checkpoint), base=str(base), instruction=TINY_INSTRUCTION, dtype=torch.float32
+    )
+    assert given.instruction == TINY_INSTRUCTION
+
+
 # ------------------------------------------------------------------ preprocessing
 
 
@@ -171,7 +189,12 @@ def _stock_scores(copy_folder, tmp_path, images_uint8, prompts, *, plain_positio
     image_processor = Qwen2VLImageProcessorPil(min_pixels=HPSV3_PIXELS, max_pixels=HPSV3_PIXELS)
     vision = image_processor(images=[im.permute(1, 2, 0).numpy() for im in images_uint8], return_tensors="pt")
     messages = [
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": hpsv3_user_text(p)}]}]
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": hpsv3_user_text(p, TINY_INSTRUCTION)}],
+            }
+        ]
         for p in prompts
     ]
     texts = tokenizer.apply_chat_template(
@@ -212,13 +235,15 @@ def test_score_equals_stock_transformers_on_the_reference_processors_inputs(copy
 
 def test_score_with_resizing_stays_close_to_stock_transformers(copy_folder, reward, tmp_path):
     """At 64 px the processor upsamples with PIL to 448 and rounds to uint8; the preprocessing differs by at most
-    0.016 (normalised), which the tiny model turns into a score difference of 2.0e-4 (measured; 2.8e-4 at
-    300 x 200; 0 at 448 x 448), against score differences of 0.02-0.07 between the two samples."""
+    0.016 (normalised), which the tiny random model turns into score differences of 0.0015-0.0095 (measured on five
+    image draws from 64 x 64 to 300 x 200; 0 at 448 x 448), 1.5-4.3 % of the score difference between the two
+    samples. The bound is relative, since the random model's sensitivity is not the real one's."""
     images = _uint8_images(2, 64, 64, seed=1)
     expected = _stock_scores(copy_folder, tmp_path, images, PROMPTS)
     with torch.no_grad():
         scores = reward.score(images.float() / 255, PROMPTS)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=2e-3)
+    spread = (expected[0] - expected[1]).abs()
+    assert spread > 0.05 and (scores - expected).abs().max() < 0.1 * spread
 
 
 # ------------------------------------------------------------------ gradients and SRP

@@ -33,64 +33,65 @@ REWARD_TOKEN = "<|Reward|>"
 #: every ordinary sample and stops only one whose control words alone move the score by several points.
 HPSV3_HINGE_THRESHOLD = 10.0
 
-# The instruction HPSv3 was trained to read, character for character (trailing spaces included): the model
-# was fine-tuned on this exact text, and the reward token's state depends on every token before it, so any
-# rewording moves the scores. Reproduced from the MIT-licensed HPSv3 code (github.com/MizzenAI/HPSv3,
-# hpsv3/dataset/data_collator_qwen.py, `INSTRUCTION` + `prompt_with_special_token`).
-_INSTRUCTION_BEFORE_PROMPT = (
-    "\nYou are tasked with evaluating a generated image based on Visual Quality and Text Alignment and give a "
-    "overall score to estimate the human preference. Please provide a rating from 0 to 10, with 0 being the worst "
-    "and 10 being the best. \n"
-    "\n"
-    "**Visual Quality:**  \n"
-    "Evaluate the overall visual quality of the image. The following sub-dimensions should be considered:\n"
-    "- **Reasonableness:** The image should not contain any significant biological or logical errors, such as "
-    "abnormal body structures or nonsensical environmental setups.\n"
-    "- **Clarity:** Evaluate the sharpness and visibility of the image. The image should be clear and easy to "
-    "interpret, with no blurring or indistinct areas.\n"
-    "- **Detail Richness:** Consider the level of detail in textures, materials, lighting, and other visual "
-    "elements (e.g., hair, clothing, shadows).\n"
-    "- **Aesthetic and Creativity:** Assess the artistic aspects of the image, including the color scheme, "
-    "composition, atmosphere, depth of field, and the overall creative appeal. The scene should convey a sense of "
-    "harmony and balance.\n"
-    "- **Safety:** The image should not contain harmful or inappropriate content, such as political, violent, or "
-    "adult material. If such content is present, the image quality and satisfaction score should be the lowest "
-    "possible. \n"
-    "\n"
-    "**Text Alignment:**  \n"
-    "Assess how well the image matches the textual prompt across the following sub-dimensions:\n"
-    "- **Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, animal, object) "
-    "align with the textual description. The subject should match the description in terms of number, "
-    "appearance, and behavior.\n"
-    "- **Style Relevance:** If the prompt specifies a particular artistic or stylistic style, evaluate how well the "
-    "image adheres to this style.\n"
-    "- **Contextual Consistency**: Assess whether the background, setting, and surrounding elements in the image "
-    "logically fit the scenario described in the prompt. The environment should support and enhance the subject "
-    "without contradictions.\n"
-    "- **Attribute Fidelity**: Check if specific attributes mentioned in the prompt (e.g., colors, clothing, "
-    "accessories, expressions, actions) are faithfully represented in the image. Minor deviations may be "
-    "acceptable, but critical attributes should be preserved.\n"
-    "- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are captured in the "
-    "image. The generated content should not introduce elements that conflict with or distort the original "
-    "description.\n"
-    "Textual prompt - "
-)
-_INSTRUCTION_AFTER_PROMPT = f"\n\n\n\nPlease provide the overall ratings of this image: {REWARD_TOKEN}\n\nEND\n"
+#: The file, in a local copy, holding the instruction HPSv3 reads (see [`load_instruction`]).
+HPSV3_INSTRUCTION_FILE = "hpsv3_instruction.txt"
+PROMPT_FIELD = "{prompt}"
 
 
-def hpsv3_user_text(prompt: str) -> str:
-    """The text part of the user turn HPSv3 scores: its instruction with the prompt in, ending in the reward token."""
-    return _INSTRUCTION_BEFORE_PROMPT + prompt + _INSTRUCTION_AFTER_PROMPT
+def check_instruction(instruction: str) -> str:
+    """`instruction` if it can frame a prompt for HPSv3: one `{prompt}` field, and the reward token after it."""
+    if instruction.count(PROMPT_FIELD) != 1 or instruction.count(REWARD_TOKEN) != 1:
+        raise ValueError(
+            f"HPSv3 instruction: it must hold {PROMPT_FIELD} once (where the prompt goes) and {REWARD_TOKEN} once; "
+            f"found {instruction.count(PROMPT_FIELD)} and {instruction.count(REWARD_TOKEN)}"
+        )
+    if instruction.index(REWARD_TOKEN) < instruction.index(PROMPT_FIELD):
+        raise ValueError(f"HPSv3 instruction: {REWARD_TOKEN} must come after {PROMPT_FIELD}")
+    return instruction
 
 
-def hpsv3_chat(prompt: str, image_tokens: int) -> str:
+def load_instruction(instruction: str | None, folders: Sequence[str] = ()) -> str:
+    """The instruction HPSv3 reads, from `instruction` (the text, or a path to a file holding it) or from
+    `hpsv3_instruction.txt` in one of `folders`.
+
+    HPSv3 was fine-tuned on one fixed instruction (its rating criteria, then `Textual prompt - ` and the prompt,
+    then a request for the rating that ends in `<|Reward|>`); the reward token's state depends on every token before
+    it, so the text must be the published one, character for character. srpo-trl does not ship it (the text is
+    HPSv3's, not ours): copy it from HPSv3's code (github.com/MizzenAI/HPSv3, MIT licence,
+    `hpsv3/dataset/data_collator_qwen.py`: the instruction, with the prompt and the reward token as its
+    `prompt_with_special_token` puts them), writing `{prompt}` where the prompt goes.
+    """
+    if instruction is None:
+        for folder in folders:
+            path = os.path.join(folder, HPSV3_INSTRUCTION_FILE)
+            if os.path.isfile(path):
+                instruction = path
+                break
+        else:
+            raise ValueError(
+                f"HPSv3 needs the instruction it was trained to read: put it in {HPSV3_INSTRUCTION_FILE} beside "
+                f"the checkpoint, or pass instruction= (the text or a file). See the rewards page of the docs, "
+                f"'HPSv3': it is HPSv3's published text (MIT), copied with {PROMPT_FIELD} where the prompt goes"
+            )
+    if os.path.isfile(instruction):
+        with open(instruction, encoding="utf-8") as f:
+            instruction = f.read()
+    return check_instruction(instruction)
+
+
+def hpsv3_user_text(prompt: str, instruction: str) -> str:
+    """The text part of the user turn HPSv3 scores: the instruction with the prompt in, ending in the reward token."""
+    return instruction.replace(PROMPT_FIELD, prompt)
+
+
+def hpsv3_chat(prompt: str, image_tokens: int, instruction: str) -> str:
     """The whole conversation, as Qwen2-VL-Instruct's chat template lays out one user turn holding an image and
     then text (its default system turn first, the assistant's turn opened), with the image's placeholder
     already repeated once per image token, as the processor expands it."""
     return (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * image_tokens + "<|vision_end|>"
-        f"{hpsv3_user_text(prompt)}<|im_end|>\n<|im_start|>assistant\n"
+        f"{hpsv3_user_text(prompt, instruction)}<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -170,6 +171,8 @@ class HPSv3Reward(Reward):
         head (`HPSv3Head`): the reward head; it runs in float32 whatever the model's dtype.
         tokenizer: Qwen2-VL's tokenizer; the reward token is added if it is missing, and must then fall inside
             the model's embedding table (the checkpoint's table was grown by exactly that token).
+        instruction (`str`): the text HPSv3 reads with each image, `{prompt}` where the prompt goes, ending in the
+            reward token (see [`load_instruction`]).
         name (`str`, *optional*, defaults to `"hpsv3"`): name in logged metrics.
         min_pixels / max_pixels (`int`, *optional*): image area range of Qwen2-VL's resize; HPSv3's own setting
             is 256 * 28 * 28 for both (every image is resized to about 448 x 448).
@@ -183,12 +186,14 @@ class HPSv3Reward(Reward):
         model,
         head: HPSv3Head,
         tokenizer,
+        instruction: str,
         *,
         name: str = "hpsv3",
         min_pixels: int = HPSV3_PIXELS,
         max_pixels: int = HPSV3_PIXELS,
     ):
         super().__init__()
+        self.instruction = check_instruction(instruction)
         config = model.config
         if REWARD_TOKEN not in tokenizer.get_vocab():
             from tokenizers import AddedToken
@@ -230,12 +235,19 @@ class HPSv3Reward(Reward):
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str, base: str = HPSV3_BASE, *, dtype: torch.dtype | None = None, **kwargs
+        cls,
+        checkpoint: str,
+        base: str = HPSV3_BASE,
+        *,
+        instruction: str | None = None,
+        dtype: torch.dtype | None = None,
+        **kwargs,
     ) -> HPSv3Reward:
         """Build from `HPSv3.safetensors` and the base model's config and tokenizer (`base`: a folder holding
-        Qwen2-VL-7B-Instruct's `config.json` and tokenizer files, or its hub id). `dtype` defaults to bfloat16,
-        the dtype HPSv3 was trained and published in. Everything is checked against the checkpoint's header
-        before its tensors are read."""
+        Qwen2-VL-7B-Instruct's `config.json` and tokenizer files, or its hub id). `instruction` is the text or a
+        file; by default `hpsv3_instruction.txt` beside the checkpoint or in `base` ([`load_instruction`]).
+        `dtype` defaults to bfloat16, the dtype HPSv3 was trained and published in. The instruction, and then
+        everything else, are checked against the checkpoint's header before its tensors are read."""
         from safetensors import safe_open
         from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLModel
 
@@ -243,6 +255,8 @@ class HPSv3Reward(Reward):
             raise ValueError(
                 f"HPSv3: {checkpoint!r} is not a .safetensors file (HPSv3 is published as {HPSV3_FILENAME})"
             )
+        folders = [os.path.dirname(os.path.abspath(checkpoint))] + ([base] if os.path.isdir(base) else [])
+        instruction = load_instruction(instruction, folders)
         dtype = dtype or torch.bfloat16
         config = Qwen2VLConfig.from_pretrained(base)
         tokenizer = AutoTokenizer.from_pretrained(base)
@@ -281,7 +295,7 @@ class HPSv3Reward(Reward):
         model = Qwen2VLModel.from_pretrained(None, config=config, state_dict=backbone, dtype=dtype)
         del backbone
         head.load_state_dict(head_state)
-        return cls(model, head, tokenizer, **kwargs)
+        return cls(model, head, tokenizer, instruction, **kwargs)
 
     def _inputs(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         pixel_values, grid_thw = qwen_vl_preprocess(
@@ -294,7 +308,7 @@ class HPSv3Reward(Reward):
         )
         image_tokens = int(grid_thw[0].prod()) // self.merge_size**2
         text = self.tokenizer(
-            [hpsv3_chat(p, image_tokens) for p in prompts],
+            [hpsv3_chat(p, image_tokens, self.instruction) for p in prompts],
             padding=True,
             padding_side="right",
             add_special_tokens=False,

@@ -248,10 +248,12 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     file alone (the CLIP tower then comes from `clip=`, a folder or hub id); HPSv3, a folder holding
     `HPSv3.safetensors` beside Qwen2-VL-7B-Instruct's `config.json` and tokenizer files, or the
     `HPSv3.safetensors` file alone (config and tokenizer then from a folder beside it that has them, else
-    from `base=`, a folder or hub id, by default `Qwen/Qwen2-VL-7B-Instruct`).
+    from `base=`, a folder or hub id, by default `Qwen/Qwen2-VL-7B-Instruct`); HPSv3's instruction comes from
+    `hpsv3_instruction.txt` beside the checkpoint or in `base`, or from `instruction=` (not shipped: see the
+    rewards page of the docs).
 
     Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), `base`,
-    `min_pixels` and `max_pixels` (HPSv3), and, for HPS checkpoints, the conversion's `vision_heads` /
+    `instruction`, `min_pixels` and `max_pixels` (HPSv3), and, for HPS checkpoints, the conversion's `vision_heads` /
     `text_heads`. `dtype` is the reward model's dtype (HPSv3: bfloat16 when not given).
     """
     if not isinstance(name_or_path, str):
