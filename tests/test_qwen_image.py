@@ -53,7 +53,7 @@ def test_stock_sampler_and_qwen_image_adapter_agree(guidance_scale):
     stock = stock_images(pipe, prompts, guidance_scale, steps=4, seed=3)
     sigmas = pipe.scheduler.sigmas.float()  # the stock grid of this call (its shift and terminal stretch)
     text = adapter.encode_prompts(prompts, torch.device("cpu"))
-    assert text["prompt_embeds"].shape[1] == TOKENS and text["prompt_embeds_mask"][0].sum() < TOKENS
+    assert text["prompt_embeds_mask"][0].sum() < text["prompt_embeds"].shape[1]  # the shorter prompt is padded
     eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
     with torch.no_grad():
         x0 = direct_align.euler_sample(
@@ -61,6 +61,33 @@ def test_stock_sampler_and_qwen_image_adapter_agree(guidance_scale):
         )
         ours = adapter.decode(x0, 64, 64)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+def test_the_text_cache_stores_prompts_unpadded_and_batches_them_as_the_encoder_does(tmp_path):
+    """On disk each prompt takes its own length; a batch read back is the encoder's batch, and so is the velocity."""
+    from srpo_trl.text_cache import TextEmbeddingCache
+
+    pipe = tiny_qwen_image_pipeline(0)
+    adapter = get_adapter(pipe, max_sequence_length=TOKENS)
+    prompts = ["a bird", "a red tree on a hill at dawn"]
+    cache = TextEmbeddingCache(adapter, "cpu", cache_dir=str(tmp_path), batch_size=1)
+    assert cache.precompute(prompts)
+    lengths = [cache._read(p)["prompt_embeds"].shape[0] for p in prompts]
+    assert lengths[0] < lengths[1] < TOKENS
+    direct = adapter.encode_prompts(prompts, torch.device("cpu"))
+    cached = TextEmbeddingCache(adapter, "cpu", cache_dir=str(tmp_path)).get(prompts)  # read from disk
+    assert cached.keys() == direct.keys()
+    for key in direct:
+        torch.testing.assert_close(cached[key], direct[key], atol=1e-6, rtol=0)
+    x = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(0), torch.device("cpu"))
+    sigma = torch.tensor([0.7, 0.4])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            adapter.velocity(pipe.transformer, x, sigma, cached, 4.0, 64, 64),
+            adapter.velocity(pipe.transformer, x, sigma, direct, 4.0, 64, 64),
+            atol=1e-6,
+            rtol=0,
+        )
 
 
 def test_true_cfg_changes_the_velocity_and_keeps_the_conditional_norm():

@@ -127,8 +127,9 @@ def _read_file(path: str, prompt: str) -> dict[str, torch.Tensor] | None:
 
 
 class TextEmbeddingCache:
-    """Prompt -> text conditioning (`adapter.encode_prompts` output, one sample), in memory within a budget and
-    optionally on disk (see the module docstring).
+    """Prompt -> text conditioning (`adapter.encode_prompts` output, one sample, as `adapter.cache_entry` keeps it;
+    `adapter.stack_entries` batches them), in memory within a budget and optionally on disk (see the module
+    docstring).
 
     Args:
         adapter: the model adapter; it encodes prompts and names the text components.
@@ -224,8 +225,9 @@ class TextEmbeddingCache:
             chunk = prompts[start : start + self.batch_size]
             encoded = self.adapter.encode_prompts(chunk, device)
             for i, prompt in enumerate(chunk):
+                row = self.adapter.cache_entry({k: v[i] for k, v in encoded.items()})  # e.g. without padding
                 # A copy: a view would keep the whole batch's storage alive (and escape the accounting).
-                entry = {k: v[i].detach().to("cpu", copy=True) for k, v in encoded.items()}
+                entry = {k: v.detach().to("cpu", copy=True) for k, v in row.items()}
                 self.entry_bytes = entry_nbytes(entry)
                 yield prompt, entry
 
@@ -268,8 +270,8 @@ class TextEmbeddingCache:
             self._remember(prompt, entry)
             if self.folder is not None:
                 self._write(prompt, entry)
-        rows = [entries[p] for p in prompts]
-        return {k: torch.stack([e[k] for e in rows]).to(self.device) for k in rows[0]}
+        batch = self.adapter.stack_entries([entries[p] for p in prompts])
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def release_encoders(self) -> None:
         """Move the text encoders to the CPU and free their accelerator memory."""

@@ -85,6 +85,12 @@ class ModelAdapter(Protocol):
     def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
         """`(height, width)` the data pipeline resizes reference images to, for `height x width` training images."""
 
+    def cache_entry(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the text cache stores of one prompt's conditioning (a row of `encode_prompts`, batch dim dropped)."""
+
+    def stack_entries(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Cached rows as one batch of conditioning, as `encode_prompts` would have given it."""
+
     def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""
 
@@ -169,6 +175,14 @@ class AdapterBase:
         """Arguments that give the stock pipeline the guidance `velocity` applies at `guidance_scale`: the FLUX
         families' `guidance_scale` (an input of guidance-distilled models)."""
         return {"guidance_scale": guidance_scale}
+
+    def cache_entry(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the text cache stores of one prompt's conditioning (one row of `encode_prompts`): all of it."""
+        return row
+
+    def stack_entries(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Cached rows as one batch: stacked (the FLUX families' rows all have one shape)."""
+        return {k: torch.stack([row[k] for row in rows]) for k in rows[0]}
 
     def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
         """Size the data pipeline gives the reference images of `height x width` training images: the same."""
