@@ -17,6 +17,7 @@ CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
         ("single_gpu", "NO"),
         ("multi_gpu", "MULTI_GPU"),
         ("fsdp2", "FSDP"),
+        ("fsdp2_qwen_image", "FSDP"),
         ("deepspeed_zero2", "DEEPSPEED"),
         ("deepspeed_zero3", "DEEPSPEED"),
     ],
@@ -27,13 +28,15 @@ def test_accelerate_configs_load(name, distributed_type):
     config = load_config_from_file(os.path.join(CONFIGS, f"{name}.yaml"))
     assert config.distributed_type.name == distributed_type
     assert config.mixed_precision == "bf16"
-    if name == "fsdp2":
+    if name.startswith("fsdp2"):
         import diffusers.models.transformers.transformer_flux as flux
+        import diffusers.models.transformers.transformer_qwenimage as qwen_image
 
         fsdp = config.fsdp_config
         assert fsdp["fsdp_version"] == 2
+        family = qwen_image if name.endswith("qwen_image") else flux
         for cls in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
-            assert hasattr(flux, cls), cls  # the blocks FSDP shards exist in FLUX's transformer
+            assert hasattr(family, cls), cls  # the blocks FSDP shards exist in the family's transformer
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
 

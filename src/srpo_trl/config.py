@@ -61,7 +61,7 @@ class SRPOConfig(TrainingArguments):
             flag `activation_checkpointing` (or `gradient_checkpointing`) turns this on too.
         vae_gradient_checkpointing (`bool`, *optional*, defaults to `True`):
             Recompute the VAE decoder's activations in the backward pass; the recipe notes this "reduces memory
-            greatly".
+            greatly". VAEs that do not support it (Qwen-Image's, in diffusers 0.42) keep them, with a warning.
         torch_compile_regions (`bool`, *optional*, defaults to `True`):
             With TrainingArguments' `torch_compile=True`, compile each repeated block of the transformer (the
             double- and single-stream blocks) instead of the whole model: accelerate's regional compilation, the

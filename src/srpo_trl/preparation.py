@@ -127,7 +127,14 @@ def prepare_trainable(pipeline, adapter, args, peft_config):
     if args.transformer_gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     if args.vae_gradient_checkpointing:
-        pipeline.vae.enable_gradient_checkpointing()
+        if getattr(pipeline.vae, "_supports_gradient_checkpointing", False):
+            pipeline.vae.enable_gradient_checkpointing()
+        else:  # Qwen-Image's video VAE (diffusers 0.42): its decoder keeps its activations for the backward pass
+            logger.warning(
+                "vae_gradient_checkpointing: %s does not support gradient checkpointing; the VAE decoder's "
+                "activations are kept for the backward pass (vae_slicing=True keeps them for one image at a time)",
+                type(pipeline.vae).__name__,
+            )
     if args.vae_slicing:  # one image per decode: the VAE backward's peak scales with one image, not 2B
         pipeline.vae.enable_slicing()
     else:
