@@ -513,56 +513,50 @@ def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
     return transformer, vae, scheduler
 
 
+def _tiny_qwen_pipeline(cls, seed: int, hidden_size: int, dtype, processor: bool = False):
+    """A `QwenImagePipeline`-like `cls` from the tiny parts, with a Qwen2-VL processor when `processor`."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_qwen_tokenizer()
+    text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
+    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
+    extra = {"processor": _tiny_qwen_vl_processor(tokenizer)} if processor else {}
+    pipe = cls(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, **extra
+    )
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    for module in (vae, text_encoder, transformer):
+        module.eval()
+    return pipe
+
+
+def _tiny_qwen_vl_processor(tokenizer):
+    """A Qwen2-VL processor that reads images at 56 x 56 pixels at most (4 merged vision tokens)."""
+    from unittest import mock
+
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.processing_utils import ProcessorMixin
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
+    # Without torchvision (it does not import beside the CPU torch build), transformers cannot resolve the video
+    # processor's class to type-check it; image editing never uses it, so the check is skipped for this call.
+    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None):
+        return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def tiny_qwen_image_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torch.float32):
     """A tiny random `QwenImagePipeline` built in code: Qwen2.5-VL text encoder (2 layers), Qwen-Image VAE
     (4 latent channels, 8x downsampling) and MMDiT transformer (2 blocks); resolutions must be multiples of 16."""
     from diffusers import QwenImagePipeline
 
-    torch.manual_seed(seed)
-    tokenizer = tiny_qwen_tokenizer()
-    text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
-    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
-    pipe = QwenImagePipeline(
-        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer
-    )
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    for module in (vae, text_encoder, transformer):
-        module.eval()
-    return pipe
+    return _tiny_qwen_pipeline(QwenImagePipeline, seed, hidden_size, dtype)
 
 
 def tiny_qwen_image_edit_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torch.float32):
     """A tiny random `QwenImageEditPipeline`: the parts of [`tiny_qwen_image_pipeline`] plus a Qwen2-VL processor
-    whose image processor reads the reference at 56 x 56 pixels at most (4 merged vision tokens), so the text
-    encoder's view of the 1024 x 1024-area reference the pipeline makes stays cheap."""
+    that reads the reference at 56 x 56 pixels at most, so the text encoder's view of the 1024 x 1024-area
+    reference the pipeline makes stays cheap."""
     from diffusers import QwenImageEditPipeline
-    from transformers import Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    torch.manual_seed(seed)
-    tokenizer = tiny_qwen_tokenizer()
-    text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
-    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
-    # Without torchvision (it does not import beside the CPU torch build), transformers cannot resolve the video
-    # processor's class to type-check it; image editing never uses it, so the check is skipped for this call.
-    from unittest import mock
-
-    from transformers.processing_utils import ProcessorMixin
-
-    with mock.patch.object(ProcessorMixin, "check_argument_for_proper_class", lambda self, name, arg: None):
-        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    pipe = QwenImageEditPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        processor=processor,
-        transformer=transformer,
-    )
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    for module in (vae, text_encoder, transformer):
-        module.eval()
-    return pipe
+    return _tiny_qwen_pipeline(QwenImageEditPipeline, seed, hidden_size, dtype, processor=True)
