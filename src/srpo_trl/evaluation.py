@@ -10,6 +10,7 @@ difference, plus a side-by-side image grid.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -146,8 +147,11 @@ def run_eval(
     ):
         raise ValueError("srpo-trl eval: a text-conditioned reward needs positive and negative control words")
     pipeline = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
-    if adapter_class(type(pipeline)).requires_reference_image:
+    family = adapter_class(type(pipeline))
+    if family.requires_reference_image:
         raise ValueError(f"srpo-trl eval scores text-to-image pipelines; {type(pipeline).__name__} edits images")
+    if settings.guidance_scale is None:  # recorded in eval.json as used: the family's inference default
+        settings = dataclasses.replace(settings, guidance_scale=family.default_guidance["sample"])
     pipeline.set_progress_bar_config(disable=True)
     log(f"srpo-trl eval: {len(prompts)} prompts, rewards {reward_funcs}, {settings.resolution}px")
     before_images = generate(pipeline, prompts, settings)
