@@ -193,3 +193,16 @@ def test_qwen_image_full_fine_tune_reloads_as_the_trained_model(tmp_path, config
     other = vivid(tiny_qwen_image_pipeline(0))
     assert load_result(other, trainer.args.output_dir) == "transformer"
     torch.testing.assert_close(stock_images(other, ["a bird"], 4.0), trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_bf16_loaded_qwen_image_pipeline_trains_fp32_master_weights_uphill(config, lora):
+    """As real runs load it: the pipeline in bf16 (text encoder, VAE and frozen transformer), the trainable weights
+    fp32; one step at the recipe's lr moves every tensor that has a gradient, uphill on both branches."""
+    pipe = vivid(tiny_qwen_image_pipeline(0, dtype=torch.bfloat16))
+    assert pipe.text_encoder.dtype == pipe.vae.dtype == torch.bfloat16
+    args = config(per_device_train_batch_size=2, max_sequence_length=TOKENS, max_steps=1)
+    peft_config = LoraConfig(r=4, lora_alpha=8) if lora else None
+    trainer = SRPOTrainer(pipe, ColorWordReward(), args=args, train_dataset=TRAIN, peft_config=peft_config)
+    step = uphill_step(trainer)
+    assert step.uphill and step.dtypes == {torch.float32} and not step.unchanged_with_gradient, step.dots
