@@ -37,6 +37,7 @@ def test_a_saved_flux2_klein_folder_is_detected_from_model_index(tmp_path, confi
         "Flux2KleinPipeline",
         "QwenImagePipeline",
         "QwenImageEditPipeline",
+        "QwenImageEditPlusPipeline",
     }
 
 

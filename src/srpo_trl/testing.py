@@ -477,7 +477,7 @@ def _tiny_qwen_vl_encoder(tokenizer, hidden_size: int):
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
-def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
+def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4, zero_cond_t: bool = False):
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     transformer = QwenImageTransformer2DModel(
@@ -489,6 +489,7 @@ def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
         num_attention_heads=2,
         joint_attention_dim=hidden_size,
         axes_dims_rope=(4, 6, 6),
+        zero_cond_t=zero_cond_t,
     )
     vae = AutoencoderKLQwenImage(
         base_dim=8,
@@ -513,12 +514,12 @@ def _tiny_qwen_image_parts(hidden_size: int, latent_channels: int = 4):
     return transformer, vae, scheduler
 
 
-def _tiny_qwen_pipeline(cls, seed: int, hidden_size: int, dtype, processor: bool = False):
+def _tiny_qwen_pipeline(cls, seed: int, hidden_size: int, dtype, processor: bool = False, zero_cond_t: bool = False):
     """A `QwenImagePipeline`-like `cls` from the tiny parts, with a Qwen2-VL processor when `processor`."""
     torch.manual_seed(seed)
     tokenizer = tiny_qwen_tokenizer()
     text_encoder = _tiny_qwen_vl_encoder(tokenizer, hidden_size)
-    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size)
+    transformer, vae, scheduler = _tiny_qwen_image_parts(hidden_size, zero_cond_t=zero_cond_t)
     extra = {"processor": _tiny_qwen_vl_processor(tokenizer)} if processor else {}
     pipe = cls(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, **extra
@@ -551,6 +552,18 @@ def tiny_qwen_image_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torc
     from diffusers import QwenImagePipeline
 
     return _tiny_qwen_pipeline(QwenImagePipeline, seed, hidden_size, dtype)
+
+
+def tiny_qwen_image_edit_plus_pipeline(
+    seed: int = 0, *, hidden_size: int = 16, zero_cond_t: bool = False, dtype=torch.float32
+):
+    """A tiny random `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509; `zero_cond_t=True`: 2511's transformer,
+    which gives the reference tokens timestep 0), with the processor of [`tiny_qwen_image_edit_pipeline`]."""
+    from diffusers import QwenImageEditPlusPipeline
+
+    return _tiny_qwen_pipeline(
+        QwenImageEditPlusPipeline, seed, hidden_size, dtype, processor=True, zero_cond_t=zero_cond_t
+    )
 
 
 def tiny_qwen_image_edit_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype=torch.float32):

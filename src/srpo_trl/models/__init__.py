@@ -7,7 +7,7 @@ from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
-from .qwen_image_edit import QwenImageEditAdapter
+from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 
 # Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
 ADAPTERS: dict[str, type] = {
@@ -17,6 +17,7 @@ ADAPTERS: dict[str, type] = {
     "Flux2KleinPipeline": Flux2Adapter,
     "QwenImagePipeline": QwenImageAdapter,
     "QwenImageEditPipeline": QwenImageEditAdapter,
+    "QwenImageEditPlusPipeline": QwenImageEditPlusAdapter,
 }
 
 
@@ -61,6 +62,7 @@ __all__ = [
     "ModelAdapter",
     "QwenImageAdapter",
     "QwenImageEditAdapter",
+    "QwenImageEditPlusAdapter",
     "adapter_class",
     "check_model_index",
     "get_adapter",

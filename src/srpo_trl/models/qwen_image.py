@@ -49,6 +49,12 @@ def qwen_image_mu(image_seq_len: int, scheduler_config) -> float:
     )
 
 
+def pad_stack(values: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of different lengths (first dimension) stacked, each padded with zeros to the longest."""
+    length = max(v.shape[0] for v in values)
+    return torch.stack([torch.cat([v, v.new_zeros(length - v.shape[0], *v.shape[1:])]) for v in values])
+
+
 def rescaled_cfg(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
     """True CFG as QwenImagePipeline applies it: `u + s (c - u)`, rescaled per token to the norm of `c`."""
     guided = unconditional + scale * (conditional - unconditional)
@@ -143,11 +149,7 @@ class QwenImageAdapter(AdapterBase):
 
     def stack_entries(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Cached prompts as one batch, each padded with zeros (mask 0) to the longest."""
-        batch = {}
-        for key, values in ((k, [row[k] for row in rows]) for k in rows[0]):
-            length = max(v.shape[0] for v in values)
-            batch[key] = torch.stack([torch.cat([v, v.new_zeros(length - v.shape[0], *v.shape[1:])]) for v in values])
-        return batch
+        return {key: pad_stack([row[key] for row in rows]) for key in rows[0]}
 
     # ------------------------------------------------------------- transformer
 

@@ -21,12 +21,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .qwen_image import QwenImageAdapter
+from .qwen_image import QwenImageAdapter, pad_stack
 
-#: The pixel area the stock pipeline resizes the reference image to.
+#: The pixel area the stock pipelines resize the reference image to for the VAE.
 REFERENCE_AREA = 1024 * 1024
+#: The pixel area QwenImageEditPlusPipeline resizes it to for the text encoder.
+CONDITION_AREA = 384 * 384
 
 
 def reference_size(height: int, width: int, area: int = REFERENCE_AREA) -> tuple[int, int]:
@@ -46,6 +47,24 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
 
 
+def from_pil(images: list, device: torch.device) -> torch.Tensor:
+    """PIL images as float images `[B, 3, H, W]` in [0, 1] on `device`."""
+    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0 for image in images])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def resized_references(reference_images: torch.Tensor, area: int) -> list:
+    """The references as PIL images at `area` pixels (their aspect ratio, sides multiples of 32), resized with
+    Lanczos as the stock pipelines' image processor resizes them (they are conditioning: no gradient is needed)."""
+    from PIL import Image
+
+    height, width = reference_size(*reference_images.shape[-2:], area=area)
+    images = to_pil(reference_images)
+    if images[0].size == (width, height):
+        return images
+    return [image.resize((width, height), resample=Image.LANCZOS) for image in images]
+
+
 class QwenImageEditAdapter(QwenImageAdapter):
     """Adapter for `QwenImageEditPipeline` (Qwen-Image-Edit)."""
 
@@ -53,31 +72,31 @@ class QwenImageEditAdapter(QwenImageAdapter):
     requires_reference_image: ClassVar[bool] = True
     text_sees_reference: ClassVar[bool] = True
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer", "processor")
-    #: The reference's pixel area (the stock pipeline's, fixed in its code; the tests shrink both).
+    #: The reference's pixel area for the VAE (the stock pipeline's, fixed in its code; the tests shrink it).
     reference_area: int = REFERENCE_AREA
+
+    @property
+    def condition_area(self) -> int:
+        """The reference's pixel area for the text encoder: Qwen-Image-Edit shows it the VAE's image."""
+        return self.reference_area
 
     def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
         """The stock pipeline's reference size for the training images' aspect ratio: the data pipeline resizes
         the references straight to it (not to the training size and up again)."""
         return reference_size(height, width, area=self.reference_area)
 
-    def _resized_reference(self, reference_images: torch.Tensor) -> torch.Tensor:
-        """The references at the stock pipeline's reference size (unchanged when they already have it)."""
-        height, width = reference_size(*reference_images.shape[-2:], area=self.reference_area)
-        if (height, width) == tuple(reference_images.shape[-2:]):
-            return reference_images
-        # The stock pipeline resizes a PIL image with Lanczos; antialiased bicubic is close, and works on tensors.
-        resized = F.interpolate(reference_images.float(), (height, width), mode="bicubic", antialias=True)
-        return resized.clamp(0, 1)
+    def _encode_with_images(self, prompts: list[str], images: list, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and masks of `prompts`, each encoded with its own image."""
+        return self._encode(prompts, device, image=images)
 
     @torch.no_grad()
     def encode_prompts(self, prompts, device, reference_images: torch.Tensor | None = None):
         """The prompts and the negative prompt, each encoded with its row's reference image (batch-first)."""
         if reference_images is None:
-            raise ValueError("QwenImageEditAdapter.encode_prompts: the text encoder needs the reference images")
-        images = to_pil(self._resized_reference(reference_images))
-        embeds, mask = self._encode(prompts, device, image=images)
-        negative, negative_mask = self._encode([self.negative_prompt] * len(prompts), device, image=images)
+            raise ValueError(f"{type(self).__name__}.encode_prompts: the text encoder needs the reference images")
+        images = resized_references(reference_images, self.condition_area)
+        embeds, mask = self._encode_with_images(list(prompts), images, device)
+        negative, negative_mask = self._encode_with_images([self.negative_prompt] * len(prompts), images, device)
         return {
             "prompt_embeds": embeds,
             "prompt_embeds_mask": mask,
@@ -88,7 +107,7 @@ class QwenImageEditAdapter(QwenImageAdapter):
     @torch.no_grad()
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning plus the references' packed latents (`[B, tokens, C]`) and their token grid (`[B, 2]`)."""
-        references = self._resized_reference(reference_images)
+        references = from_pil(resized_references(reference_images, self.reference_area), reference_images.device)
         ref_height, ref_width = references.shape[-2:]
         latents = self.encode_images(references, ref_height, ref_width)
         rows, cols = ref_height // self.latent_granularity, ref_width // self.latent_granularity
@@ -98,7 +117,7 @@ class QwenImageEditAdapter(QwenImageAdapter):
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
         reference = text.get("reference_latents")
         if reference is None:
-            raise ValueError("QwenImageEditAdapter.velocity: the conditioning has no reference image latents")
+            raise ValueError(f"{type(self).__name__}.velocity: the conditioning has no reference image latents")
         rows, cols = (int(n) for n in text["reference_grid"][0])
         lh, lw = self._latent_size(height, width)
         img_shapes = [[(1, lh // 2, lw // 2), (1, rows, cols)]] * latents.shape[0]
@@ -106,3 +125,26 @@ class QwenImageEditAdapter(QwenImageAdapter):
         return self._guided_velocity(
             transformer, hidden_states, sigma, text, guidance_scale, img_shapes, latents.shape[1]
         )
+
+
+class QwenImageEditPlusAdapter(QwenImageEditAdapter):
+    """Adapter for `QwenImageEditPlusPipeline` (Qwen-Image-Edit-2509 and -2511), with one reference per prompt.
+
+    What changes against Qwen-Image-Edit: the text encoder sees the reference at a 384 x 384-pixel area (the VAE
+    still at 1024 x 1024), introduced as "Picture 1" by the pipeline's template; and the stock pipeline encodes
+    one prompt at a time, so each prompt is encoded on its own here and the batch padded to its longest.
+    Qwen-Image-Edit-2511's `zero_cond_t` transformer (the reference tokens at timestep 0) needs nothing more: the
+    transformer reads it from `img_shapes`.
+    """
+
+    family: ClassVar[str] = "qwen-image-edit-plus"
+    #: The reference's pixel area for the text encoder (the stock pipeline's `CONDITION_IMAGE_SIZE`).
+    plus_condition_area: int = CONDITION_AREA
+
+    @property
+    def condition_area(self) -> int:
+        return self.plus_condition_area
+
+    def _encode_with_images(self, prompts, images, device):
+        rows = [self._encode([prompt], device, image=[image]) for prompt, image in zip(prompts, images)]
+        return pad_stack([embeds[0] for embeds, _ in rows]), pad_stack([mask[0] for _, mask in rows])
