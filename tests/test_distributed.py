@@ -98,3 +98,16 @@ def test_the_saved_lora_loads_in_stock_diffusers_as_trained(runs):
     loaded = lora_loaded_by_diffusers(runs["two_dir"] / "run")
     assert loaded.keys() == trained.keys()
     assert all(torch.equal(loaded[name], trained[name]) for name in trained)
+
+
+@pytest.mark.slow
+def test_qwen_image_trains_on_two_processes_as_on_one(tmp_path):
+    """Qwen-Image on two processes (half a minute on 2 cores: `-m slow`): a disk text cache of unpadded prompts
+    that the ranks fill together, true CFG in the rollout; identical weights on both ranks, and 2 x batch 1
+    equal to 1 x batch 2."""
+    two = _launch(tmp_path / "two", 1, 2, "--qwen_image", port=29535)
+    (one,) = _launch(tmp_path / "one", 2, 1, "--qwen_image")
+    assert _max_difference(two[0]["weights"], two[1]["weights"]) == 0.0
+    assert two[0]["losses"] == pytest.approx(one["losses"], abs=1e-6)
+    assert _max_difference(one["weights"], two[0]["weights"]) <= 1e-3
+    assert len(list((tmp_path / "two" / "text-cache").rglob("*.safetensors"))) == 6  # every prompt, once

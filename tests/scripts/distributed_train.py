@@ -1,8 +1,11 @@
 """Train the tiny pipeline a few steps and record, per process, the final trainable weights and the losses.
 
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/scripts/distributed_train.py \
-        OUT BATCH [--shared_noise]
-    python tests/scripts/distributed_train.py OUT BATCH
+        OUT BATCH [--shared_noise] [--qwen_image]
+    python tests/scripts/distributed_train.py OUT BATCH [--qwen_image]
+
+`--qwen_image` trains the tiny Qwen-Image pipeline instead (true CFG in the rollout, masked text), with a text
+cache on disk under OUT/text-cache that the processes fill together.
 
 The training writes into OUT/run (a checkpoint after step 2, then `save_model()` on every process, as users call
 it); each process records there what it writes in OUT/writes-rank{r}.jsonl (tests/scripts/write_recorder.py).
@@ -25,15 +28,27 @@ from datasets import Dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
 from srpo_trl import ColorWordReward, SRPOTrainer  # noqa: E402
-from srpo_trl.testing import (
-    tiny_colour_flux_pipeline,  # noqa: E402
-    tiny_srpo_config,  # noqa: E402
+from srpo_trl.testing import (  # noqa: E402
+    tiny_colour_flux_pipeline,
+    tiny_qwen_image_pipeline,
+    tiny_srpo_config,
 )
+
+
+def vivid_qwen_image():
+    """The tiny Qwen-Image pipeline with a VAE whose images carry visible colour (as the Qwen-Image tests')."""
+    pipe = tiny_qwen_image_pipeline(0)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.mul_(5)
+        pipe.vae.decoder.conv_out.bias.zero_()
+    return pipe
 
 
 def main():
     out, batch = sys.argv[1], int(sys.argv[2])
     shared = "--shared_noise" in sys.argv
+    qwen_image = "--qwen_image" in sys.argv
+    family = {"max_sequence_length": 256, "text_embedding_cache_dir": os.path.join(out, "text-cache")}
     args = tiny_srpo_config(
         os.path.join(out, "run"),
         save_strategy="steps",
@@ -43,12 +58,12 @@ def main():
         max_grad_norm=1.0,
         per_device_train_batch_size=batch,
         rollout_steps=3,
-        max_sequence_length=16,
         per_process_noise=not shared,
+        **(family if qwen_image else {"max_sequence_length": 16}),
     )
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     trainer = SRPOTrainer(
-        tiny_colour_flux_pipeline(0),
+        vivid_qwen_image() if qwen_image else tiny_colour_flux_pipeline(0),
         ColorWordReward(),
         args=args,
         train_dataset=Dataset.from_dict(
