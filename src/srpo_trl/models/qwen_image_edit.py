@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit adapter: `diffusers.QwenImageEditPipeline` (image editing with a reference image).
+"""Qwen-Image-Edit adapters: `diffusers.QwenImageEditPipeline` (Qwen-Image-Edit) and `QwenImageEditPlusPipeline`
+(Qwen-Image-Edit-2509 and -2511, one reference per prompt).
 
 The reference is handled as Kontext's is: its VAE latents, packed like the generated ones, are appended to the
 image tokens (the transformer tells them apart by their place in `img_shapes`, which gives them the second frame
@@ -10,8 +11,9 @@ prompt template holds an image placeholder), so the text conditioning depends on
 batch (`text_sees_reference`): it cannot be cached per prompt, and the text encoder stays on the accelerator.
 The negative prompt of true CFG is encoded with the reference image as well, as the stock pipeline does.
 
-As the stock pipeline, the reference is resized to a 1024 x 1024-pixel area at its own aspect ratio (sides
-multiples of 32) for both the VAE and the text encoder, whatever the generated image's size.
+As the stock pipelines, the reference is resized (with Lanczos, as their image processor) to a 1024 x 1024-pixel
+area at its own aspect ratio (sides multiples of 32) for the VAE, whatever the generated image's size, and for
+the text encoder to the same (Qwen-Image-Edit) or to a 384 x 384-pixel area (2509, 2511).
 """
 
 from __future__ import annotations
