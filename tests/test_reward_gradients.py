@@ -5,6 +5,8 @@ branch steps *up* in noise, so its recovered image moves with the velocity in th
 denoise branch's; its reward has the opposite sign too (SRP's swapped control words; `-f(x)` for an image-only
 reward), so the two gradients agree. Measured on the demo pipeline, batch 4, seeds 0-3, 1 and 2 threads: cosine
 0.68-0.98 for every reward kind here; with `+f(x)` in both branches an image-only reward gave -0.93 to -0.98.
+The tiny HPSv3 copy (a random Qwen2-VL and head) agrees less on some draws: 0.17-0.86 over config seeds 0-5, the
+same at 1 and 2 threads (0.75 at the tested seed); its one-step uphill test holds on all six.
 """
 
 import logging
@@ -70,7 +72,7 @@ def test_both_branches_give_aligned_gradients_at_the_defaults(tmp_path, config, 
     assert set(g) == {"denoise", "inversion"}
     assert g["denoise"].norm() > 0 and g["inversion"].norm() > 0, kind
     cosine = torch.nn.functional.cosine_similarity(g["denoise"], g["inversion"], dim=0).item()
-    assert cosine > 0.5, (kind, cosine)
+    assert cosine > (0.1 if kind == "hpsv3" else 0.5), (kind, cosine)  # hpsv3: see the module docstring
 
 
 def test_image_only_reward_is_a_penalty_in_the_inversion_branch():
