@@ -108,6 +108,8 @@ def test_eval_and_the_model_card_use_true_cfg_with_the_negative_prompt():
         training_summary={},
     )
     assert "true_cfg_scale=4.0, negative_prompt=' '" in str(card)
+    assert "qwen-image" in card.data.tags and "flux" not in card.data.tags
+    assert card.data.license == "apache-2.0"  # Qwen-Image's, known offline
 
 
 def test_true_cfg_changes_the_velocity_and_keeps_the_conditional_norm():

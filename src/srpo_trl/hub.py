@@ -28,7 +28,7 @@ CITATION = """@article{shen2025srpo,
   year    = {2025}
 }"""
 
-TAGS = ["srpo", "trl", "diffusers", "flux", "text-to-image"]
+TAGS = ["srpo", "trl", "diffusers", "text-to-image"]
 
 # Licences of well-known bases, used when the base's own card cannot be read (offline).
 KNOWN_LICENSES: dict[str, dict[str, str]] = {
@@ -43,6 +43,16 @@ KNOWN_LICENSES: dict[str, dict[str, str]] = {
         "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-Krea-dev/blob/main/LICENSE.md",
     },
     "black-forest-labs/FLUX.1-schnell": {"license": "apache-2.0"},
+    **{
+        f"Qwen/{name}": {"license": "apache-2.0"}
+        for name in (
+            "Qwen-Image",
+            "Qwen-Image-2512",
+            "Qwen-Image-Edit",
+            "Qwen-Image-Edit-2509",
+            "Qwen-Image-Edit-2511",
+        )
+    },
 }
 
 FLUX_DEV_NOTICE = (
@@ -71,6 +81,11 @@ def _family(pipeline_class: str):
     from .models import adapter_class
 
     return adapter_class(getattr(diffusers, pipeline_class))
+
+
+def _family_tag(pipeline_class: str) -> str:
+    """The Hub tag of the model family: `flux` (FLUX.1, Kontext, FLUX.2) or `qwen-image` (and its edit models)."""
+    return "qwen-image" if _family(pipeline_class).family.startswith("qwen-image") else "flux"
 
 
 def _loading_snippet(
@@ -137,7 +152,7 @@ def build_model_card(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         # diffusers' LoRA cards carry "lora" and "template:sd-lora" (the Hub's LoRA widget) besides the family.
-        tags=TAGS + (["lora", "template:sd-lora"] if lora else []),
+        tags=TAGS + [_family_tag(pipeline_class)] + (["lora", "template:sd-lora"] if lora else []),
         widget=[{"text": prompt, "output": {"url": path}} for prompt, path in samples] if samples else None,
         **license_meta,
     )
