@@ -70,6 +70,20 @@ def stock_images(pipe, prompts, refs, guidance_scale, steps=3, seed=0):
     ).images  # fmt: skip
 
 
+@torch.no_grad()
+def rollout_images(pipe, adapter, prompts, refs, guidance_scale, seed):
+    """Our Euler rollout's images on the grid of the stock pipeline's last call, from the same noise."""
+    text = adapter.encode_prompts(prompts, torch.device("cpu"), reference_images=as_tensor(refs))
+    text = adapter.add_reference(text, as_tensor(refs), 64, 64)
+    eps = adapter.sample_noise(len(prompts), 64, 64, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    x0 = direct_align.euler_sample(
+        lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64),
+        eps,
+        pipe.scheduler.sigmas.float(),
+    )
+    return adapter.decode(x0, 64, 64)
+
+
 def test_reference_size_is_the_stock_pipelines():
     assert reference_size(1024, 1024, 1024 * 1024) == (1024, 1024)
     assert reference_size(720, 1280, 1024 * 1024) == (768, 1376)  # diffusers' calculate_dimensions, as (h, w)
@@ -84,15 +98,7 @@ def test_stock_sampler_and_qwen_image_edit_adapter_agree(guidance_scale):
     assert isinstance(adapter, QwenImageEditAdapter) and adapter.text_sees_reference
     refs = references(2)
     stock = stock_images(pipe, PROMPTS, refs, guidance_scale, steps=4, seed=3)
-    sigmas = pipe.scheduler.sigmas.float()
-    with torch.no_grad():
-        text = adapter.encode_prompts(PROMPTS, torch.device("cpu"), reference_images=as_tensor(refs))
-        text = adapter.add_reference(text, as_tensor(refs), 64, 64)
-        eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
-        x0 = direct_align.euler_sample(
-            lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64), eps, sigmas
-        )
-        ours = adapter.decode(x0, 64, 64)
+    ours = rollout_images(pipe, adapter, PROMPTS, refs, guidance_scale, seed=3)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
 
 
@@ -189,15 +195,7 @@ def test_stock_sampler_and_qwen_image_edit_plus_adapter_agree(guidance_scale, ze
     rng = np.random.default_rng(2)
     ref = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
     stock = stock_images(pipe, PROMPTS[1:], [ref], guidance_scale, steps=4, seed=3)
-    sigmas = pipe.scheduler.sigmas.float()
-    with torch.no_grad():
-        text = adapter.encode_prompts(PROMPTS[1:], torch.device("cpu"), reference_images=as_tensor([ref]))
-        text = adapter.add_reference(text, as_tensor([ref]), 64, 64)
-        eps = adapter.sample_noise(1, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
-        x0 = direct_align.euler_sample(
-            lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64), eps, sigmas
-        )
-        ours = adapter.decode(x0, 64, 64)
+    ours = rollout_images(pipe, adapter, PROMPTS[1:], [ref], guidance_scale, seed=3)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
 
 
