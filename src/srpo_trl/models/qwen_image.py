@@ -6,7 +6,8 @@ What Qwen-Image changes against FLUX.1, all handled here:
   the text embedding; prompts have different lengths, so the conditioning carries an attention mask, and
   a batch is padded to its longest prompt, as the stock pipeline pads. The text cache stores each prompt
   without padding (a prompt of 40 tokens takes a twelfth of what padding to 512 tokens would) and pads a
-  batch again when it reads one; each transformer call trims padding no prompt uses;
+  batch again when it reads one (with no mask when nothing is padded, as the stock pipeline, so that the
+  transformer can use its unmasked attention kernel);
 - no guidance embedding: guidance is *true* classifier-free guidance with a negative prompt (two
   transformer calls per step) and diffusers' rescale of the guided velocity to the conditional one's norm.
   A `guidance_scale` above 1 turns it on, in the rollout and in the two training calls alike; 1 is one
@@ -49,10 +50,18 @@ def qwen_image_mu(image_seq_len: int, scheduler_config) -> float:
     )
 
 
-def pad_stack(values: list[torch.Tensor]) -> torch.Tensor:
-    """Tensors of different lengths (first dimension) stacked, each padded with zeros to the longest."""
-    length = max(v.shape[0] for v in values)
-    return torch.stack([torch.cat([v, v.new_zeros(length - v.shape[0], *v.shape[1:])]) for v in values])
+def padded_batch(embeddings: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Unpadded embeddings `[L_i, D]` as `{"embeds": [B, L, D]}`, each padded with zeros to the longest, plus
+    `"mask"` `[B, L]` (1 on the real tokens) when their lengths differ."""
+    lengths = [e.shape[0] for e in embeddings]
+    longest = max(lengths)
+    batch = {
+        "embeds": torch.stack([torch.cat([e, e.new_zeros(longest - e.shape[0], *e.shape[1:])]) for e in embeddings])
+    }
+    if min(lengths) < longest:
+        positions = torch.arange(longest, device=embeddings[0].device)
+        batch["mask"] = torch.stack([(positions < n).long() for n in lengths])
+    return batch
 
 
 def rescaled_cfg(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
@@ -112,61 +121,60 @@ class QwenImageAdapter(AdapterBase):
 
     # ------------------------------------------------------------------ text
 
-    def _encode(self, prompts: list[str], device: torch.device, **encoder_inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings `[B, L, D]` and mask `[B, L]` (long) of `prompts`, padded to the batch's longest prompt."""
+    def _encode(self, prompts: list[str], device: torch.device, **encoder_inputs) -> dict[str, torch.Tensor]:
+        """`{"embeds": [B, L, D]}`, plus `"mask"` `[B, L]` when some prompt is padded to the batch's longest (the
+        stock pipeline's form: no mask when every prompt has the same length)."""
         embeds, mask = self.pipeline.encode_prompt(
             prompt=prompts, device=device, max_sequence_length=self.max_sequence_length, **encoder_inputs
         )
-        if mask is None:  # the pipeline drops an all-ones mask
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        return embeds, mask.long()
+        return {"embeds": embeds} if mask is None else {"embeds": embeds, "mask": mask.long()}
+
+    @staticmethod
+    def _named(prefix: str, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`_encode`'s output under the conditioning's names: `{prefix}_embeds` and `{prefix}_embeds_mask`."""
+        return {f"{prefix}_embeds" + ("_mask" if key == "mask" else ""): value for key, value in encoded.items()}
 
     def _negative_conditioning(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         key = str(device)
         if key not in self._negative:
-            embeds, mask = self._encode([self.negative_prompt], device)
-            self._negative[key] = {"negative_prompt_embeds": embeds, "negative_prompt_embeds_mask": mask}
+            self._negative[key] = self._named("negative_prompt", self._encode([self.negative_prompt], device))
         return {k: v.expand(batch, *v.shape[1:]) for k, v in self._negative[key].items()}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        """The prompts' embeddings and masks, padded to the longest prompt (at most `max_sequence_length` tokens),
-        and the negative prompt's encoding per row (the same for every row)."""
-        embeds, mask = self._encode(prompts, device)
+        """The prompts' embeddings padded to the longest prompt (at most `max_sequence_length` tokens) with their
+        mask when some are padded, and the negative prompt's encoding per row (the same for every row)."""
         return {
-            "prompt_embeds": embeds,
-            "prompt_embeds_mask": mask,
+            **self._named("prompt", self._encode(prompts, device)),
             **self._negative_conditioning(len(prompts), device),
         }
 
     def cache_entry(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One prompt's conditioning without its padding (the mask's ones come first: the padding is on the right)."""
-        entry = dict(row)
+        """One prompt's embeddings without their padding (the mask's ones come first: the padding is on the right);
+        no mask, since nothing in it is padded."""
+        entry = {}
         for key in ("prompt_embeds", "negative_prompt_embeds"):
-            length = int(row[f"{key}_mask"].sum())
-            entry[key], entry[f"{key}_mask"] = row[key][:length], row[f"{key}_mask"][:length]
+            mask = row.get(f"{key}_mask")
+            entry[key] = row[key] if mask is None else row[key][: int(mask.sum())]
         return entry
 
     def stack_entries(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Cached prompts as one batch, each padded with zeros (mask 0) to the longest."""
-        return {key: pad_stack([row[key] for row in rows]) for key in rows[0]}
+        """Cached prompts as one batch, each padded with zeros to the longest, with a mask if any was padded."""
+        batch = {}
+        for key in ("prompt_embeds", "negative_prompt_embeds"):
+            batch.update(self._named(key[: -len("_embeds")], padded_batch([row[key] for row in rows])))
+        return batch
 
     # ------------------------------------------------------------- transformer
-
-    @staticmethod
-    def _trimmed(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Drop the padding no prompt of the batch uses; no mask when nothing is padded (as the stock pipeline)."""
-        length = int(mask.sum(dim=1).max())
-        embeds, mask = embeds[:, :length], mask[:, :length]
-        return embeds, (None if bool(mask.all()) else mask)
 
     def _img_shapes(self, batch: int, height: int, width: int) -> list:
         lh, lw = self._latent_size(height, width)
         return [[(1, lh // 2, lw // 2)]] * batch
 
     def _call_transformer(self, transformer, hidden_states, sigma, embeds, mask, img_shapes) -> torch.Tensor:
+        """One transformer call; `mask` is `None` when no prompt of the batch is padded, as in the stock pipeline
+        (an all-ones mask would give the same result with a slower attention kernel)."""
         dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
-        embeds, mask = self._trimmed(embeds, mask)
         return transformer(
             hidden_states=hidden_states.to(dtype),
             timestep=sigma.to(hidden_states.device),  # the level in [0, 1] (the pipeline's t / 1000)
@@ -180,7 +188,7 @@ class QwenImageAdapter(AdapterBase):
         """The velocity of the first `tokens` of `hidden_states` (the image's; reference tokens may follow), with
         true CFG when `guidance_scale > 1`."""
         conditional = self._call_transformer(
-            transformer, hidden_states, sigma, text["prompt_embeds"], text["prompt_embeds_mask"], img_shapes
+            transformer, hidden_states, sigma, text["prompt_embeds"], text.get("prompt_embeds_mask"), img_shapes
         )[:, :tokens]
         if guidance_scale <= 1:
             return conditional
@@ -189,7 +197,7 @@ class QwenImageAdapter(AdapterBase):
             hidden_states,
             sigma,
             text["negative_prompt_embeds"],
-            text["negative_prompt_embeds_mask"],
+            text.get("negative_prompt_embeds_mask"),
             img_shapes,
         )[:, :tokens]
         return rescaled_cfg(conditional, unconditional, guidance_scale)

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .qwen_image import QwenImageAdapter, pad_stack
+from .qwen_image import QwenImageAdapter, padded_batch
 
 #: The pixel area the stock pipelines resize the reference image to for the VAE.
 REFERENCE_AREA = 1024 * 1024
@@ -87,8 +87,8 @@ class QwenImageEditAdapter(QwenImageAdapter):
         the references straight to it (not to the training size and up again)."""
         return reference_size(height, width, area=self.reference_area)
 
-    def _encode_with_images(self, prompts: list[str], images: list, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and masks of `prompts`, each encoded with its own image."""
+    def _encode_with_images(self, prompts: list[str], images: list, device) -> dict[str, torch.Tensor]:
+        """`_encode`'s output for `prompts`, each encoded with its own image."""
         return self._encode(prompts, device, image=images)
 
     @torch.no_grad()
@@ -97,13 +97,10 @@ class QwenImageEditAdapter(QwenImageAdapter):
         if reference_images is None:
             raise ValueError(f"{type(self).__name__}.encode_prompts: the text encoder needs the reference images")
         images = resized_references(reference_images, self.condition_area)
-        embeds, mask = self._encode_with_images(list(prompts), images, device)
-        negative, negative_mask = self._encode_with_images([self.negative_prompt] * len(prompts), images, device)
+        negative = [self.negative_prompt] * len(prompts)
         return {
-            "prompt_embeds": embeds,
-            "prompt_embeds_mask": mask,
-            "negative_prompt_embeds": negative,
-            "negative_prompt_embeds_mask": negative_mask,
+            **self._named("prompt", self._encode_with_images(list(prompts), images, device)),
+            **self._named("negative_prompt", self._encode_with_images(negative, images, device)),
         }
 
     @torch.no_grad()
@@ -148,5 +145,5 @@ class QwenImageEditPlusAdapter(QwenImageEditAdapter):
         return self.plus_condition_area
 
     def _encode_with_images(self, prompts, images, device):
-        rows = [self._encode([prompt], device, image=[image]) for prompt, image in zip(prompts, images)]
-        return pad_stack([embeds[0] for embeds, _ in rows]), pad_stack([mask[0] for _, mask in rows])
+        rows = [self._encode([prompt], device, image=[image])["embeds"][0] for prompt, image in zip(prompts, images)]
+        return padded_batch(rows)
