@@ -6,8 +6,8 @@ What Qwen-Image changes against FLUX.1, all handled here:
   the text embedding; prompts have different lengths, so the conditioning carries an attention mask, and
   a batch is padded to its longest prompt, as the stock pipeline pads. The text cache stores each prompt
   without padding (a prompt of 40 tokens takes a twelfth of what padding to 512 tokens would) and pads a
-  batch again when it reads one (with no mask when nothing is padded, as the stock pipeline, so that the
-  transformer can use its unmasked attention kernel);
+  batch again when it reads one (with no mask when nothing is padded, as the stock pipeline: a mask rules
+  out attention kernels that take none);
 - no guidance embedding: guidance is *true* classifier-free guidance with a negative prompt (two
   transformer calls per step) and diffusers' rescale of the guided velocity to the conditional one's norm.
   A `guidance_scale` above 1 turns it on, in the rollout and in the two training calls alike; 1 is one
@@ -173,7 +173,7 @@ class QwenImageAdapter(AdapterBase):
 
     def _call_transformer(self, transformer, hidden_states, sigma, embeds, mask, img_shapes) -> torch.Tensor:
         """One transformer call; `mask` is `None` when no prompt of the batch is padded, as in the stock pipeline
-        (an all-ones mask would give the same result with a slower attention kernel)."""
+        (an all-ones mask gives the same result, but rules out attention kernels that take no mask)."""
         dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
         return transformer(
             hidden_states=hidden_states.to(dtype),
