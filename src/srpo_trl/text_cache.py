@@ -291,7 +291,7 @@ def build_text_cache(adapter, accelerator, args, train_dataset, eval_dataset) ->
 
     if not args.cache_text_embeddings:  # no cache at all: every prompt is encoded at every use
         return TextEmbeddingCache(adapter, accelerator.device, memory_budget_mb=0)
-    if getattr(adapter, "text_sees_reference", False):
+    if adapter.text_sees_reference:
         # The text encoder sees each prompt's reference image (Qwen-Image-Edit): the conditioning is made per batch
         # from the prompt and its image, so there is nothing to cache per prompt, and the encoder stays in place.
         logger.info("the text encoder sees the reference images: text conditioning is encoded per batch, not cached")

@@ -97,7 +97,6 @@ class QwenImageAdapter(AdapterBase):
         self.vae_scale_factor = 2 ** len(pipeline.vae.temperal_downsample)
         self.latent_channels = pipeline.vae.config.z_dim
         self.guidance_embeds = False  # Qwen-Image is not guidance-distilled: CFG is two calls (see `velocity`)
-        self._positions = {}
         self._negative: dict[str, dict[str, torch.Tensor]] = {}  # the negative prompt's encoding, per device
 
     def _latent_size(self, height: int, width: int) -> tuple[int, int]:

@@ -106,7 +106,11 @@ class QwenImageEditAdapter(QwenImageAdapter):
     @torch.no_grad()
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning plus the references' packed latents (`[B, tokens, C]`) and their token grid (`[B, 2]`)."""
-        references = from_pil(resized_references(reference_images, self.reference_area), reference_images.device)
+        references = reference_images
+        if tuple(references.shape[-2:]) != reference_size(*references.shape[-2:], area=self.reference_area):
+            # Not the size the data pipeline gives (`reference_image_size`): resized as the stock pipeline does. At
+            # that size the tensor is used as it is, without a round trip through the host every step.
+            references = from_pil(resized_references(references, self.reference_area), references.device)
         ref_height, ref_width = references.shape[-2:]
         latents = self.encode_images(references, ref_height, ref_width)
         rows, cols = ref_height // self.latent_granularity, ref_width // self.latent_granularity
