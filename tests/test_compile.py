@@ -9,11 +9,10 @@ from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.testing import tiny_colour_flux_pipeline
 
 
-# Both take over a minute to capture on a 2-core CPU (76 s regional, with gradient checkpointing): `-m slow`, to keep
-# the default suite within its 10 minutes. By default, compiled blocks are trained, checkpointed and resumed by
-# `test_resume_with_compiled_blocks_continues_exactly` below.
-@pytest.mark.slow
-@pytest.mark.parametrize("regions", [True, False], ids=["regional", "whole-model"])
+# Whole-model compilation (not the default) takes over a minute to capture on a 2-core CPU: `-m slow`.
+@pytest.mark.parametrize(
+    "regions", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["regional", "whole-model"]
+)
 def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, regions):
     # aot_eager: the compiled graph without a C++ toolchain, so the test exercises dynamo's capture of our calls.
     args = config(
