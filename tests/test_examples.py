@@ -27,7 +27,12 @@ def test_accelerate_configs_load(name, distributed_type):
 
     config = load_config_from_file(os.path.join(CONFIGS, f"{name}.yaml"))
     assert config.distributed_type.name == distributed_type
-    assert config.mixed_precision == "bf16"
+    if name.startswith("deepspeed"):
+        # SRPOConfig's `bf16` decides (DeepSpeed stops at a config that contradicts it); tests/test_deepspeed.py
+        # launches these configs as they are.
+        assert config.mixed_precision == "no"
+    else:
+        assert config.mixed_precision == "bf16"
     if name.startswith("fsdp2"):
         import diffusers.models.transformers.transformer_flux as flux
         import diffusers.models.transformers.transformer_qwenimage as qwen_image

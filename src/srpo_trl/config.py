@@ -196,6 +196,11 @@ class SRPOConfig(TrainingArguments):
 
         > Parameters that guard the run
 
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Let `train()` write into an `output_dir` that holds a previous result (weights, checkpoints, samples, eval
+            results): that result is deleted when training starts (other files stay). Without it, and without
+            `resume_from_checkpoint`, such a folder stops the run before its first step: a relaunch never silently
+            replaces the run before it (transformers 5 dropped this guard; srpo-trl keeps it).
         allow_cudnn_attention (`bool`, *optional*, defaults to `False`):
             Let `scaled_dot_product_attention` use cuDNN's fused kernel in training and sampling. Off because its
             backward returned NaN gradients, and an illegal memory access at FLUX.1-dev size, on an H200 with
@@ -372,6 +377,13 @@ class SRPOConfig(TrainingArguments):
     )
 
     # Guards
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a previous result in output_dir (deleted when training starts); without it, or "
+            "--resume_from_checkpoint, a used output_dir stops the run before its first step."
+        },
+    )
     allow_cudnn_attention: bool = field(
         default=False,
         metadata={"help": "Let attention use cuDNN's fused kernel (its backward gave NaN on H200, torch 2.11)."},
@@ -397,12 +409,12 @@ class SRPOConfig(TrainingArguments):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision; defaults to True when CUDA is available and fp16 is off."},
+        metadata={"help": "bf16 mixed precision; defaults to True on a GPU that supports bf16, when fp16 is off."},
     )
 
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = torch.cuda.is_available() and not self.fp16
+        if self.bf16 is None:  # a GPU without bf16 (V100, T4) trains in fp32 rather than failing
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and not self.fp16
         if isinstance(self.model_init_kwargs, str):
             self.model_init_kwargs = json.loads(self.model_init_kwargs)
         self._validate_srpo_fields()

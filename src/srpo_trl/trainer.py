@@ -33,6 +33,7 @@ from .integrations import adapt_tracker_callbacks
 from .metrics import MetricsBuffer
 from .models import get_adapter
 from .module_state import cast_trainable_parameters, eval_mode
+from .output_folder import claim_for_training, resume_argument
 from .preparation import (
     check_output_dir,
     check_pipeline_inputs,
@@ -512,15 +513,23 @@ class SRPOTrainer(Trainer):
         last = os.path.isdir(self.args.output_dir) and get_last_checkpoint(self.args.output_dir)
         return f"The last good checkpoint, {last}, is intact." if last else "No checkpoint had been written yet."
 
-    def train(self, *args, **kwargs):
-        """`Trainer.train`, plus: SIGTERM/SIGINT write a checkpoint after the current step and stop.
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """`Trainer.train`, plus:
 
-        After such a stop, SIGTERM exits with status 143 (128 + 15) and SIGINT raises `KeyboardInterrupt`;
-        `train(resume_from_checkpoint=True)` continues exactly.
+        - an `output_dir` that holds a previous result (weights, checkpoints, samples, eval results) stops the run
+          before its first step, unless it resumes (`resume_from_checkpoint`, which defaults to
+          `args.resume_from_checkpoint`) or `args.overwrite_output_dir` is set, which deletes that result first;
+        - SIGTERM/SIGINT write a checkpoint after the current step and stop. After such a stop, SIGTERM exits with
+          status 143 (128 + 15) and SIGINT raises `KeyboardInterrupt`; `train(resume_from_checkpoint=True)`
+          continues exactly.
         """
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        resume_from_checkpoint = resume_argument(resume_from_checkpoint)
+        claim_for_training(self.args, resume_from_checkpoint, self._on_any_process, self.accelerator.wait_for_everyone)
         self._interruption = InterruptionHandler()
         with self._interruption:
-            output = super().train(*args, **kwargs)
+            output = super().train(resume_from_checkpoint, trial, **kwargs)
         self._interruption.stop_if_received(self.state.global_step, self._describe_last_checkpoint())
         return output
 

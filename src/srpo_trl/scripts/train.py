@@ -22,6 +22,7 @@ from trl import ModelConfig, TrlParser
 
 from srpo_trl import SRPOConfig, SRPOTrainer
 from srpo_trl.data import load_prompt_dataset
+from srpo_trl.output_folder import refuse_previous_result, resume_argument
 
 
 @dataclass
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     if model_args.model_name_or_path is None:
         parser.error("--model_name_or_path is required")
+    # A used output_dir stops here, before any dataset or model loads (SRPOTrainer.train() checks it again).
+    resume = resume_argument(training_args.resume_from_checkpoint)
+    refuse_previous_result(
+        training_args.output_dir, "srpo-trl train", overwrite=training_args.overwrite_output_dir, resume=resume
+    )
     if model_args.dtype not in (None, "auto"):
         training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "torch_dtype": model_args.dtype}
     dataset = load_prompt_dataset(
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         peft_config=lora_config(model_args),
         eval_reward_funcs=script_args.eval_reward_funcs,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub()
