@@ -5,6 +5,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from srpo_trl.cli import main
+from srpo_trl.demo import EVAL_PROMPTS
 from srpo_trl.hub import build_model_card
 
 # The demo shortened for the default suite; the full-length runs in both directions are the `slow` test below.
@@ -23,10 +24,11 @@ def _run_demo(out, *flags) -> dict:
     return json.loads((out / "demo_results.json").read_text())
 
 
-def test_demo_raises_the_held_out_reward_and_its_eval_command_scores_the_result(tmp_path, capsys):
+def test_demo_raises_the_held_out_reward_and_its_eval_command_scores_the_result(tmp_path, capsys, monkeypatch):
     """The demo on the shipped model (`srpo_trl.pretrained`) at its own settings, shortened: the held-out SRP reward
     rises, and the evaluation command it prints scores the saved LoRA, reloaded by the stock pipeline, higher than
-    the base."""
+    the base. Then: a second demo or evaluation into the same folders is refused, and the model card's loading
+    snippet runs as written."""
     results = _run_demo(tmp_path / "demo", "--max_steps", str(SHORT_STEPS))
     reward = results["held_out_srp_reward"]
     assert reward["after"] > reward["before"] + SHORT_GAIN, reward
@@ -39,6 +41,52 @@ def test_demo_raises_the_held_out_reward_and_its_eval_command_scores_the_result(
     srp = report["rewards"]["shapes-clip"]["srp"]
     assert srp["after"]["mean"] > srp["before"]["mean"], srp  # the reloaded LoRA is the trained one
     assert (tmp_path / "demo" / "eval" / "eval_grid.png").is_file()
+
+    _second_runs_into_the_demo_s_folders_are_refused_before_any_model_loads(tmp_path / "demo", command, monkeypatch)
+    _the_card_s_snippet_runs_as_written(tmp_path / "demo")
+
+
+def _second_runs_into_the_demo_s_folders_are_refused_before_any_model_loads(folder, eval_command, monkeypatch):
+    from diffusers import DiffusionPipeline
+    from test_output_folder import folder_bytes
+
+    before = folder_bytes(folder)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model loaded before the output folder was checked")
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", no_loading)
+    for command, entry_point in (
+        (["demo", "--output_dir", str(folder), "--max_steps", "1"], "srpo-trl demo"),
+        (eval_command[1:], "srpo-trl eval"),
+    ):
+        with pytest.raises(SystemExit, match=f"{entry_point}: output_dir .* holds a previous result") as refusal:
+            main(command)
+        assert "--overwrite_output_dir" in str(refusal.value.code), refusal.value.code
+        assert "--resume_from_checkpoint" not in str(refusal.value.code)  # neither can resume
+    assert folder_bytes(folder) == before
+    monkeypatch.undo()
+
+
+def _the_card_s_snippet_runs_as_written(folder):
+    """The demo's model card loads the result as its samples were made: the first sample prompt, 64 px, 10 steps,
+    fp32, on the CPU (no `.to("cuda")` on a machine without one)."""
+    text = (folder / "README.md").read_text()
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "torch_dtype=torch.float32" in snippet and ".to(" not in snippet
+    assert "height=64," in snippet and "width=64," in snippet and "num_inference_steps=10," in snippet
+    assert f'"{EVAL_PROMPTS[0]}",' in snippet and "fisherman" not in snippet
+    scope = {}
+    exec(snippet, scope)  # noqa: S102 - the card's own code, on the shipped tiny model
+    assert scope["image"].size == (64, 64)
+
+
+def test_demo_help_says_what_it_does_and_how_long_it_takes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "+photo / -drawing" in text and "held-out prompts" in text and "About two minutes on 2 CPU cores" in text
 
 
 @pytest.mark.slow
@@ -103,7 +151,7 @@ def test_flux2_full_fine_tune_card_loads_its_own_transformer_class_and_validates
     )
     text = card.text
     assert "Flux2Transformer2DModel.from_pretrained(" + '"me/flux2-srpo", subfolder="transformer"' in text
-    assert "FluxTransformer2DModel" not in text and "guidance_scale=4.0)" in text
+    assert "FluxTransformer2DModel" not in text and "guidance_scale=4.0," in text
     assert "<" not in text.split("## Citation")[0].replace("<br>", "")  # no placeholder text
     path = tmp_path / "README.md"
     card.save(path)

@@ -107,7 +107,7 @@ def test_eval_and_the_model_card_use_true_cfg_with_the_negative_prompt():
         transformer_class="QwenImageTransformer2DModel",
         training_summary={},
     )
-    assert "true_cfg_scale=4.0, negative_prompt=' '" in str(card)
+    assert "true_cfg_scale=4.0,\n    negative_prompt=' '," in str(card)
     assert "qwen-image" in card.data.tags and "flux" not in card.data.tags
     assert card.data.license == "apache-2.0"  # Qwen-Image's, known offline
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 
 from . import __version__
+from .control_words import CONTROL_WORD_PRESETS
+from .rewards.registry import reward_names
 
 ACCELERATE_CONFIGS = os.path.join(os.path.dirname(__file__), "accelerate_configs")
 
@@ -37,8 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prompt_column", default="prompt", help="Column of the prompts (default: prompt).")
     evaluate.add_argument("--split", default="test", help="Split of a hub dataset (default: test).")
     evaluate.add_argument("--num_prompts", type=int, default=None, help="Use only the first N prompts.")
-    evaluate.add_argument("--reward_funcs", nargs="+", required=True, help="Reward names or 'name:path' (see docs).")
-    evaluate.add_argument("--control_words", default="hps-realism", help="Control-word preset for SRP scores.")
+    evaluate.add_argument(
+        "--reward_funcs", nargs="+", required=True, help=f"Reward names ({', '.join(reward_names())}) or 'name:path'."
+    )
+    evaluate.add_argument(
+        "--control_words",
+        default="hps-realism",
+        choices=sorted(CONTROL_WORD_PRESETS),
+        help="Control-word preset for SRP scores (default: hps-realism).",
+    )
     evaluate.add_argument("--positive_control_words", nargs="+", help="Explicit positive words (override the preset).")
     evaluate.add_argument("--negative_control_words", nargs="+", help="Explicit negative words (override the preset).")
     evaluate.add_argument("--resolution", type=int, default=1024, help="Image size (default: 1024).")
@@ -55,11 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     evaluate.add_argument("--device", default=None, help="Device (default: cuda if available, else cpu).")
     evaluate.add_argument("--output_dir", default="srpo-eval", help="Where eval.json and eval_grid.png go.")
+    evaluate.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Write into an --output_dir that holds a previous result (its eval.json and eval_grid.png are "
+        "replaced); without it such a folder stops the evaluation before any model loads.",
+    )
 
     demo = commands.add_parser(
-        "demo", help="SRPO on the shipped tiny FLUX.1-architecture model, on the CPU: photo vs drawing."
+        "demo",
+        help="SRPO on the shipped tiny FLUX.1-architecture model, on the CPU: photo vs drawing (about 2 minutes).",
+        description="Train a LoRA with SRPO on the tiny FLUX.1-architecture model shipped in the package (2.4 M "
+        "parameters, 64 px, drawn shapes), against the tiny CLIP reward shipped beside it, with the control words "
+        "+photo / -drawing in the roles of the paper's Real / Painting. Before and after training it samples the "
+        "held-out prompts, whose style is left open, and reports how many the reward reads as photos and how many "
+        "keep the prompted shape, colour and position. It writes the LoRA, a model card, a before/after grid, a "
+        "reward curve and the results to --output_dir, and prints the `srpo-trl eval` command that scores the "
+        "result in the stock diffusers pipeline. About two minutes on 2 CPU cores at the default 150 steps (76 s "
+        "measured on a 2-core AVX2 machine, plus about 10 s of start-up); no GPU, no download.",
     )
     demo.add_argument("--output_dir", default="srpo-demo", help="Folder for weights, images and model card.")
+    demo.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Replace a previous demo in --output_dir (deleted first); without it a used folder stops the demo.",
+    )
     demo.add_argument("--max_steps", type=int, default=150, help="Training steps (default: 150).")
     demo.add_argument("--seed", type=int, default=0, help="Seed of the LoRA, data order and noise.")
     demo.add_argument(
@@ -148,6 +177,7 @@ def _eval(args) -> int:
         settings,
         dtype=getattr(torch, args.dtype),
         device=device,
+        overwrite_output_dir=args.overwrite_output_dir,
     )
     return 0
 
@@ -168,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train":  # the training script parses its own (many) flags
         return _train(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FileExistsError as error:  # a used output folder: the message says the ways on
+        raise SystemExit(f"error: {error}") from None
+
+
+def _run(args) -> int:
     if args.command == "demo":
         if args.max_steps < 1:
             raise SystemExit(f"srpo-trl demo: --max_steps must be at least 1, got {args.max_steps}")
@@ -175,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
 
         options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
         run_demo(
-            output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed, words=tuple(args.words), **options
+            output_dir=args.output_dir,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            words=tuple(args.words),
+            overwrite_output_dir=args.overwrite_output_dir,
+            **options,
         )
     elif args.command == "eval":
         return _eval(args)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from .control_words import RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control_word_preset
+from .control_words import CONTROL_WORD_PRESETS, RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control_word_preset
 from .quantization import QUANTIZATIONS
 
 REWARD_DTYPES = ("float32", "bfloat16", "float16")
@@ -339,7 +339,11 @@ class SRPOConfig(TrainingArguments):
     )
     control_words: str | None = field(
         default=None,
-        metadata={"help": "Control-word preset setting both lists: 'hps-realism' (recipe), 'detail', 'brightness'."},
+        metadata={
+            "help": "Control-word preset setting both lists: "
+            + ", ".join(f"'{name}'" for name in CONTROL_WORD_PRESETS)
+            + " ('hps-realism' is the recipe's)."
+        },
     )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weight of each reward function; all 1.0 when unset."}

@@ -48,6 +48,8 @@ DEFAULT_LEARNING_RATE = 1e-4
 #: `f(x, "photo. p")`, which also asks for the prompt's content, plus the style difference. The recipe's
 #: `[0.10, 0.25]` leaves the content term small.
 DENOISE_DISCOUNT = (1.0, 1.0)
+#: Besides what any run leaves (weights, samples, results): the folder of the evaluation command the demo prints.
+DEMO_EXTRA_RESULTS = ("eval", "eval_prompts.txt")
 
 
 @dataclass
@@ -82,6 +84,8 @@ def demo_config(output_dir: str, max_steps: int, seed: int, words: tuple[str, st
         eval_strategy="steps",
         eval_steps=max(1, max_steps // 5),
         per_device_eval_batch_size=len(EVAL_PROMPTS),
+        # Written to samples/ at the end for the model card, whose loading snippet then uses the first of them.
+        sample_prompts=EVAL_PROMPTS[:4],
         save_strategy="no",
         report_to="none",
         seed=seed,
@@ -100,10 +104,24 @@ def run_demo(
     words: tuple[str, str] = DEFAULT_WORDS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     log=print,
+    overwrite_output_dir: bool = False,
 ) -> DemoResult:
-    """Train the demo LoRA and write its artefacts to `output_dir`; see the module docstring."""
+    """Train the demo LoRA and write its artefacts to `output_dir`; see the module docstring.
+
+    An `output_dir` that holds a previous result (an earlier demo, or any training run's weights or checkpoints)
+    stops the demo before any model loads, unless `overwrite_output_dir` is set: then that result, with the `eval/`
+    folder the printed evaluation command writes, is deleted first.
+    """
     from datasets import Dataset
     from peft import LoraConfig
+
+    from .output_folder import clear_previous_result, refuse_previous_result
+
+    refuse_previous_result(
+        output_dir, "srpo-trl demo", overwrite=overwrite_output_dir, can_resume=False, extra=DEMO_EXTRA_RESULTS
+    )
+    if overwrite_output_dir:
+        clear_previous_result(output_dir, extra=DEMO_EXTRA_RESULTS)
 
     from .plotting import image_grid, reward_curve
     from .pretrained import shapes_reward

@@ -132,9 +132,25 @@ def run_eval(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     log=print,
+    overwrite_output_dir: bool = False,
 ) -> dict:
-    """Score `model` (and `model` + `result`) on `prompts`; write `eval.json` and `eval_grid.png` to `output_dir`."""
+    """Score `model` (and `model` + `result`) on `prompts`; write `eval.json` and `eval_grid.png` to `output_dir`.
+
+    An `output_dir` that holds a previous result (an earlier evaluation, or a training run's weights or checkpoints)
+    stops the evaluation before any model loads, unless `overwrite_output_dir` is set: then this evaluation's two
+    files replace their namesakes, and nothing else there is touched.
+    """
     from diffusers import DiffusionPipeline
+
+    from .output_folder import refuse_previous_result
+
+    refuse_previous_result(
+        output_dir,
+        "srpo-trl eval",
+        overwrite=overwrite_output_dir,
+        can_resume=False,
+        overwrite_effect="eval.json and eval_grid.png are replaced, nothing else",
+    )
 
     from .models import adapter_class
     from .plotting import image_grid

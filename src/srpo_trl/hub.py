@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 from huggingface_hub import ModelCard, ModelCardData
@@ -88,21 +89,57 @@ def _family_tag(pipeline_class: str) -> str:
     return "qwen-image" if _family(pipeline_class).family.startswith("qwen-image") else "flux"
 
 
+@dataclass
+class InferenceSettings:
+    """How the model card's snippet calls the pipeline: a run's own sample prompt and settings, in the dtype the base
+    was loaded in, on the device the run had. The defaults are for a card written without a run (FLUX.1-dev)."""
+
+    prompt: str = "a portrait photo of an old fisherman"
+    height: int | None = None  # None: the pipeline's default
+    width: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None  # None: the family's inference default
+    max_sequence_length: int | None = None  # given only when the run's differs from the pipeline's default (512)
+    dtype: str = "bfloat16"
+    device: str = "cuda"
+
+
+def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: float) -> str:
+    """The pipeline call's arguments, one a line: the prompt, the size and steps, the family's guidance keywords."""
+    arguments = {
+        "height": settings.height,
+        "width": settings.width,
+        "num_inference_steps": settings.num_inference_steps,
+        **_family(pipeline_class).pipeline_guidance_kwargs(guidance),
+        "max_sequence_length": settings.max_sequence_length,
+    }
+    lines = [json.dumps(settings.prompt)] + [f"{k}={v!r}" for k, v in arguments.items() if v is not None]
+    return "".join(f"\n    {line}," for line in lines) + "\n"
+
+
 def _loading_snippet(
-    base_model: str | None, repo_or_dir: str, lora: bool, pipeline_class: str, transformer_class: str, guidance: float
+    base_model: str | None,
+    repo_or_dir: str,
+    lora: bool,
+    pipeline_class: str,
+    transformer_class: str,
+    guidance: float,
+    settings: InferenceSettings,
 ) -> str:
-    """How to load the result in a stock diffusers pipeline; the full fine-tune's transformer class is the family's,
-    and the guidance is given as the family's pipeline takes it (Qwen-Image: true CFG with a negative prompt)."""
-    arguments = "".join(f", {k}={v!r}" for k, v in _family(pipeline_class).pipeline_guidance_kwargs(guidance).items())
-    prompt_line = f'image = pipe("a portrait photo of an old fisherman"{arguments}).images[0]'
+    """How to load the result in a stock diffusers pipeline and make an image as the run's samples were made; the full
+    fine-tune's transformer class is the family's, and the guidance is given as the family's pipeline takes it
+    (Qwen-Image: true CFG with a negative prompt)."""
+    dtype = f"torch.{settings.dtype}"
+    to_device = "" if settings.device == "cpu" else f'.to("{settings.device}")'
+    prompt_line = f"image = pipe({_call_arguments(pipeline_class, settings, guidance)}).images[0]"
     if base_model is None:  # built in code: no id to load it by, so the snippet starts from the user's object
         load_base = f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"
         load_base_with_transformer = load_base + "\npipe.transformer = transformer"
     else:
-        load_base = f'pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype=torch.bfloat16).to("cuda")'
+        load_base = f'pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype={dtype}){to_device}'
         load_base_with_transformer = (
             f'pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, '
-            'torch_dtype=torch.bfloat16).to("cuda")'
+            f"torch_dtype={dtype}){to_device}"
         )
     if lora:
         return f"""import torch
@@ -114,7 +151,7 @@ pipe.load_lora_weights("{repo_or_dir}")
     return f"""import torch
 from diffusers import {pipeline_class}, {transformer_class}
 
-transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype=torch.bfloat16)
+transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype={dtype})
 {load_base_with_transformer}
 {prompt_line}"""
 
@@ -130,6 +167,7 @@ def build_model_card(
     reward_names: list[str] | None = None,
     samples: list[tuple[str, str]] | None = None,
     sample_settings: dict[str, object] | None = None,
+    inference: InferenceSettings | None = None,
 ) -> ModelCard:
     """A model card for an SRPO result.
 
@@ -144,6 +182,8 @@ def build_model_card(
         samples: `(prompt, relative image path)` pairs; shown in the card and as the Hub's widget.
         sample_settings: how the samples were made (`steps`, `guidance_scale`, `resolution`, `seed`); stated under
             them, and the loading snippet uses the same guidance.
+        inference: how the loading snippet calls the pipeline (prompt, size, steps, dtype, device); a run passes its
+            own. Its guidance, when given, wins over the samples'.
     """
     license_meta = base_model_license(base_model)
     is_hub_id = bool(base_model) and not os.path.isdir(base_model)
@@ -174,6 +214,9 @@ def build_model_card(
         origin = f"of the local pipeline `{base_model}`"
     else:
         origin = "of a pipeline built in code (no hub id or folder was recorded)"
+    inference = inference or InferenceSettings()
+    if inference.guidance_scale is not None:
+        guidance = inference.guidance_scale
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in training_summary.items())
     notice = ""
     if license_meta.get("license_name") == "flux-1-dev-non-commercial-license":
@@ -192,7 +235,7 @@ library. Reward functions: {rewards}.
 ## Use it with diffusers
 
 ```python
-{_loading_snippet(base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance)}
+{_loading_snippet(base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance, inference)}
 ```
 
 {gallery}
@@ -243,6 +286,41 @@ def read_samples(output_dir: str) -> tuple[list[tuple[str, str]] | None, dict | 
     return samples, settings
 
 
+def _first_prompt(trainer, samples) -> str | None:
+    """The prompt the snippet shows: the run's first sample prompt, else its first training prompt."""
+    if trainer.args.sample_prompts:
+        return trainer.args.sample_prompts[0]
+    if samples:
+        return samples[0][0]
+    dataset = trainer.train_dataset
+    column = trainer.args.dataset_prompt_column
+    if dataset is not None and hasattr(dataset, "__getitem__") and len(dataset):
+        return dataset[0][column]
+    return None
+
+
+def _run_inference_settings(trainer, samples) -> InferenceSettings:
+    """The run's own inference settings for the card's snippet: its sample prompt, resolution, steps and guidance,
+    the text length it trained with (when not the pipeline's 512), in the dtype the base was loaded in (the VAE's:
+    it is never cast) and on the kind of device the run had."""
+    args = trainer.args
+    vae = getattr(trainer.pipeline, "vae", None)
+    dtype = next(vae.parameters()).dtype if vae is not None else trainer.pipeline.dtype
+    settings = InferenceSettings(
+        height=trainer.height,
+        width=trainer.width,
+        num_inference_steps=args.rollout_steps,
+        guidance_scale=args.sample_guidance_scale,
+        max_sequence_length=args.max_sequence_length if args.max_sequence_length != 512 else None,
+        dtype=str(dtype).removeprefix("torch."),
+        device=trainer.accelerator.device.type,
+    )
+    prompt = _first_prompt(trainer, samples)
+    if prompt is not None:
+        settings.prompt = prompt
+    return settings
+
+
 def trainer_model_card(trainer, repo_or_dir: str) -> ModelCard:
     """The model card of an `SRPOTrainer`'s current result: its recipe, rewards, samples and how to load it."""
     args = trainer.args
@@ -270,6 +348,7 @@ def trainer_model_card(trainer, repo_or_dir: str) -> ModelCard:
         summary["image_only_rewards"] = f"{image_only} (plain Direct-Align: no control words, no SRP)"
     samples, sample_settings = read_samples(args.output_dir)
     return build_model_card(
+        inference=_run_inference_settings(trainer, samples),
         samples=samples,
         sample_settings=sample_settings,
         base_model=getattr(trainer.pipeline, "name_or_path", None) or None,

@@ -152,5 +152,7 @@ def claim_for_training(args, resume: bool | str | None, on_any_process, wait_for
     if args.overwrite_output_dir and not resume and args.should_save:
         removed = clear_previous_result(args.output_dir)
         if removed:
-            logger.warning("overwrite_output_dir: deleted the previous result in %s: %s", args.output_dir, _shown(removed))
+            logger.warning(
+                "overwrite_output_dir: deleted the previous result in %s: %s", args.output_dir, _shown(removed)
+            )
     wait_for_everyone()

@@ -9,13 +9,14 @@ from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to
 from .hpsv3 import HPSv3Head, HPSv3Reward
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from .qwen_vl_preprocess import qwen_vl_preprocess
-from .registry import REWARDS, RewardSpec, load_reward
+from .registry import BUILT_IN_REWARDS, REWARDS, RewardSpec, load_reward, reward_names
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "CONTROL_WORD_PRESETS",
     "DEFAULT_HINGE_THRESHOLD",
+    "BUILT_IN_REWARDS",
     "REWARDS",
     "AestheticMLP",
     "AestheticReward",
@@ -33,6 +34,7 @@ __all__ = [
     "hps_clip_model",
     "image_only",
     "load_reward",
+    "reward_names",
     "load_state_dict_file",
     "open_clip_to_transformers",
     "qwen_vl_preprocess",

@@ -130,6 +130,15 @@ REWARDS: dict[str, RewardSpec] = {
     ]
 }
 
+#: Names that load a reward shipped with the package (nothing to download): the demo's tiny CLIP reward, and the
+#: colour-word stand-in that needs no model.
+BUILT_IN_REWARDS = ("shapes-clip", "color")
+
+
+def reward_names() -> list[str]:
+    """Every name `load_reward` (and so `reward_funcs`) takes: the registered checkpoints, then the built-in ones."""
+    return [*REWARDS, *BUILT_IN_REWARDS]
+
 
 def _download(spec: RewardSpec) -> str:
     from huggingface_hub import hf_hub_download
@@ -281,5 +290,5 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
         return CLIPReward(name_or_path, dtype=dtype, **kwargs)
     raise ValueError(
         f"reward_funcs: {name_or_path!r} is neither a registered reward name nor an existing folder holding a "
-        f"transformers CLIP model; names: {sorted(REWARDS)}, optionally with a local copy as 'name:path'"
+        f"transformers CLIP model; names: {reward_names()}, optionally with a local copy as 'name:path'"
     )

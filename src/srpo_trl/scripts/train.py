@@ -23,6 +23,7 @@ from trl import ModelConfig, TrlParser
 from srpo_trl import SRPOConfig, SRPOTrainer
 from srpo_trl.data import load_prompt_dataset
 from srpo_trl.output_folder import refuse_previous_result, resume_argument
+from srpo_trl.rewards import reward_names
 
 
 @dataclass
@@ -38,8 +39,8 @@ class ScriptArguments:
     reward_funcs: list[str] = field(
         default_factory=lambda: ["hpsv2.1"],
         metadata={
-            "help": "Reward names (hpsv2.1, hpsv2, pickscore, clip-vit-h-14, clip-vit-l-14, laion-aesthetic), "
-            "'name:local_path', or local CLIP folders; weights via --reward_weights.",
+            "help": f"Reward names ({', '.join(reward_names())}), 'name:local_path', or local CLIP folders; weights "
+            "via --reward_weights.",
             "nargs": "+",
         },
     )
@@ -86,9 +87,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--model_name_or_path is required")
     # A used output_dir stops here, before any dataset or model loads (SRPOTrainer.train() checks it again).
     resume = resume_argument(training_args.resume_from_checkpoint)
-    refuse_previous_result(
-        training_args.output_dir, "srpo-trl train", overwrite=training_args.overwrite_output_dir, resume=resume
-    )
+    try:
+        refuse_previous_result(
+            training_args.output_dir, "srpo-trl train", overwrite=training_args.overwrite_output_dir, resume=resume
+        )
+    except FileExistsError as error:
+        parser.exit(2, f"error: {error}\n")
     if model_args.dtype not in (None, "auto"):
         training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "torch_dtype": model_args.dtype}
     dataset = load_prompt_dataset(
