@@ -22,6 +22,7 @@ def test_train_reads_a_yaml_recipe_and_flags_override_it(recipe, tmp_path):
     assert not (tmp_path / "out").exists()  # the flag won over the recipe
 
 
+@pytest.mark.extended
 def test_train_through_accelerate_with_a_config_file(recipe, tmp_path, monkeypatch):
     config = tmp_path / "two_cpus.yaml"
     config.write_text(

@@ -9,9 +9,12 @@ from srpo_trl import ColorWordReward, SRPOTrainer
 from srpo_trl.testing import tiny_colour_flux_pipeline
 
 
+# Regional compilation (the default with torch_compile) captures in about 30 s on 2 cores: the extended tier.
 # Whole-model compilation (not the default) takes over a minute to capture on a 2-core CPU: `-m slow`.
 @pytest.mark.parametrize(
-    "regions", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["regional", "whole-model"]
+    "regions",
+    [pytest.param(True, marks=pytest.mark.extended), pytest.param(False, marks=pytest.mark.slow)],
+    ids=["regional", "whole-model"],
 )
 def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, regions):
     # aot_eager: the compiled graph without a C++ toolchain, so the test exercises dynamo's capture of our calls.

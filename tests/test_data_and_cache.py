@@ -76,7 +76,7 @@ def test_bad_prompts_are_reported_by_row_before_the_pipeline_loads(tmp_path, con
         )
 
 
-def test_streamed_dataset_trains_and_reports_a_bad_row(config):
+def test_streamed_dataset_trains_and_reports_a_bad_row(config, tmp_path):
     stream = Dataset.from_dict({"prompt": PROMPTS * 2}).to_iterable_dataset()
     trainer = SRPOTrainer(
         tiny_flux_pipeline(0),
@@ -89,7 +89,8 @@ def test_streamed_dataset_trains_and_reports_a_bad_row(config):
     trainer.train()
     assert trainer.state.global_step == 2
     broken = Dataset.from_dict({"prompt": ["a cat", ""] * 2}).to_iterable_dataset()
-    trainer = SRPOTrainer(tiny_flux_pipeline(0), ColorWordReward(), args=config(max_steps=2), train_dataset=broken)
+    args = config(max_steps=2, output_dir=str(tmp_path / "broken"))
+    trainer = SRPOTrainer(tiny_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=broken)
     with pytest.raises(ValueError, match="empty or non-string 'prompt': ''"):
         trainer.train()
 

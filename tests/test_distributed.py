@@ -52,6 +52,7 @@ def _max_difference(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@pytest.mark.extended
 def test_both_ranks_end_with_identical_weights_and_different_prompts(runs):
     rank0, rank1 = runs["two"]
     assert rank0["world"] == 2
@@ -59,6 +60,7 @@ def test_both_ranks_end_with_identical_weights_and_different_prompts(runs):
     assert not set(rank0["prompts"]) & set(rank1["prompts"])  # each rank drew its own prompts
 
 
+@pytest.mark.extended
 def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
     rank0, _ = runs["two"]
     (single,) = runs["one"]
@@ -73,6 +75,7 @@ def test_two_processes_of_batch_one_equal_one_process_of_batch_two(runs):
     assert moved <= 1e-3 and start > 0.05
 
 
+@pytest.mark.extended
 def test_recipe_noise_is_shared_and_per_process_noise_is_not(runs):
     shared0, shared1 = runs["shared"]
     two0, two1 = runs["two"]
@@ -80,6 +83,7 @@ def test_recipe_noise_is_shared_and_per_process_noise_is_not(runs):
     assert not torch.equal(two0["eps"], two1["eps"])
 
 
+@pytest.mark.extended
 def test_only_the_main_process_writes_the_result_and_the_checkpoints(runs):
     folder = runs["two_dir"] / "run"
     written = writers(read_records(runs["two_dir"]), folder)
@@ -93,6 +97,7 @@ def test_only_the_main_process_writes_the_result_and_the_checkpoints(runs):
     assert all(written[path] == {0} for path in present if not allowed_for_other_ranks(path, 1))
 
 
+@pytest.mark.extended
 def test_the_saved_lora_loads_in_stock_diffusers_as_trained(runs):
     trained = runs["two"][0]["weights"]
     loaded = lora_loaded_by_diffusers(runs["two_dir"] / "run")

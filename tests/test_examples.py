@@ -46,6 +46,7 @@ def test_accelerate_configs_load(name, distributed_type):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
 
 
+@pytest.mark.extended
 def test_example_script_runs_under_accelerate_launch_with_a_yaml_recipe(tmp_path):
     recipe = write_tiny_recipe(
         tmp_path, reward_funcs=["clip-vit-l-14:" + str(_clip_copy(tmp_path))], per_process_noise=True

@@ -97,6 +97,7 @@ def _loaded_by_diffusers(kind: str, folder) -> dict:
     return lora_loaded_by_diffusers(folder) if kind == "lora" else _transformer_loaded_by_diffusers(folder)
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("kind", KINDS)
 def test_sharded_steps_equal_the_unsharded_ones(launched, kind):
     ddp, sharded = _record(launched, kind, "ddp"), _record(launched, kind, "fsdp2")
@@ -109,6 +110,7 @@ def test_sharded_steps_equal_the_unsharded_ones(launched, kind):
     assert _max_difference(ddp["final"], ddp["initial"]) > 1e-3  # the steps did move the weights (lr 1e-3 each)
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("kind", KINDS)
 def test_resume_under_fsdp2_continues_exactly(launched, kind):
     ddp, sharded, resumed = (_record(launched, kind, phase) for phase in ("ddp", "fsdp2", "resumed"))
@@ -122,6 +124,7 @@ def test_resume_under_fsdp2_continues_exactly(launched, kind):
     assert straight <= 1e-6 and unsharded <= 1e-6
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_checkpoint_and_the_result_are_the_whole_model_for_stock_diffusers(launched, kind):
     resumed = _record(launched, kind, "resumed")
@@ -132,6 +135,7 @@ def test_the_checkpoint_and_the_result_are_the_whole_model_for_stock_diffusers(l
     assert _max_difference(_loaded_by_diffusers(kind, result), resumed["final"]) == 0.0
 
 
+@pytest.mark.extended
 def test_under_fsdp2_only_the_main_process_writes(launched):
     records = read_records(launched / "records")
     for kind in KINDS:

@@ -124,7 +124,7 @@ def test_a_hinge_below_the_rewards_scale_is_reported_by_name(config, caplog):
     def never_active(images, prompts):
         return 5 + images.mean(dim=(1, 2, 3))
 
-    trainer = _trainer(never_active, config, max_steps=4, use_inversion_branch=False)
+    trainer = _trainer(never_active, config, max_steps=4, use_inversion_branch=False, overwrite_output_dir=True)
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
         trainer.train()
     assert (
@@ -143,7 +143,7 @@ def test_a_text_conditioned_callable_that_ignores_the_words_is_reported(config, 
     assert "reward 'brightness' gave identical scores for 'blue. ' and 'red. '" in caplog.text
     assert "collapses to k * f(x)" in caplog.text and "image_only(fn)" in caplog.text
     caplog.clear()
-    trainer = _trainer(ColorWordReward(), config, max_steps=1)
+    trainer = _trainer(ColorWordReward(), config, max_steps=1, overwrite_output_dir=True)
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
         trainer.train()
     assert "identical scores" not in caplog.text

@@ -85,4 +85,4 @@ def test_samples_use_the_cards_guidance_and_the_card_states_the_settings(config,
     trainer.save_model()
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert "Euler sampler, in eval mode: 4 steps, guidance 2.5, 64x64 px, seed 7." in card.text
-    assert "guidance_scale=2.5)" in card.text  # the loading snippet uses the samples' guidance
+    assert "guidance_scale=2.5," in card.text  # the loading snippet uses the samples' guidance

@@ -37,7 +37,7 @@ class SRPOConfig(TrainingArguments):
     Configuration class for the [`SRPOTrainer`].
 
     This class holds only the parameters specific to SRPO; see [`~transformers.TrainingArguments`] for the rest.
-    Defaults follow the published recipe (FLUX.1-dev + HPSv2.1, see `METHOD.md`) where it applies.
+    Defaults follow the published recipe (FLUX.1-dev + HPSv2.1, see docs/method.md) where it applies.
 
     Parameters:
         > Parameters that control the model

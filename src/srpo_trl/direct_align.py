@@ -1,6 +1,6 @@
 """Direct-Align maths: pure tensor functions, no model code.
 
-Notation follows `METHOD.md`: a latent at noise level `s` (0 = clean, 1 = noise) is
+Notation follows docs/method.md: a latent at noise level `s` (0 = clean, 1 = noise) is
 `x_s = (1 - s) * x0 + s * eps`; the transformer predicts a velocity `v ~ eps - x0`; an Euler step
 from level `a` to `b` is `x_b = x_a + (b - a) * v`. Knowing `eps`, the clean latent is recovered
 from any state in one step: `x0 = (x_s - s * eps) / (1 - s)`.
@@ -138,7 +138,7 @@ class TrainingWindow:
         return int(torch.randint(LEVEL_MARGIN, self.num_levels - LEVEL_MARGIN + 1, (1,), generator=generator))
 
     def levels_for(self, m: int) -> BranchLevels:
-        """All levels and discounts that one draw of `m` implies (METHOD.md, steps 3 to 5)."""
+        """All levels and discounts that one draw of `m` implies (docs/method.md, "One training sample", steps 3 to 5)."""
         L, W = self.num_levels, self.levels
         if not LEVEL_MARGIN <= m <= L - LEVEL_MARGIN:
             raise ValueError(f"m must be in [{LEVEL_MARGIN}, {L - LEVEL_MARGIN}], got {m}")

@@ -1,4 +1,4 @@
-"""One SRPO step, top to bottom (`METHOD.md`; the trainer, the benchmark and the tests all run this code):
+"""One SRPO step, top to bottom (docs/method.md; the trainer, the benchmark and the tests all run this code):
 
     rollout (no grad) -> levels -> one batched transformer call on both branches -> exact recovery of x0
     -> VAE decode -> SRP reward per branch -> each reward's hinge
