@@ -67,7 +67,7 @@ def test_tiny_bench_record(bench_step, tmp_path):
     assert "rollout" in bench_step.summary(record)
 
 
-@pytest.mark.slow  # compiles the blocks (aot_eager): about 25 s on 2 cores; the trainer's compile test runs by default
+@pytest.mark.slow  # compiles the blocks (aot_eager): about 25 s on 2 cores; the trainer's compile test runs in the extended tier
 def test_compiled_blocks_and_vae_slicing_record(bench_step):
     argv = ["--model", "tiny", "--rollout_steps", "2", "--compile", "regions", "--compile_backend", "aot_eager"]
     (record,) = bench_step.main([*argv, "--no-vae_slicing", "--device", "cpu", "--warmup", "1", "--repeats", "1"])

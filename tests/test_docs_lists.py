@@ -15,12 +15,22 @@ from srpo_trl.rewards import reward_names
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+def exported_flux_classes() -> set[str]:
+    """Every pipeline class the installed diffusers exports whose name starts with Flux or Chroma."""
+    import diffusers
+
+    return {n for n in dir(diffusers) if n.endswith("Pipeline") and n.startswith(("Flux", "Chroma"))}
+
+
 REGISTERED = {
     "rewards": lambda: set(reward_names()),
     "pipelines": lambda: set(ADAPTERS),
+    "flux-classes": exported_flux_classes,
     "presets": lambda: set(CONTROL_WORD_PRESETS),
 }
-LIST = re.compile(r"<!-- names: (\w+)(?: column=(\d+))? -->(.*?)<!-- /names -->", re.DOTALL)
+LIST = re.compile(r"<!-- names: ([\w-]+)(?: column=(\d+))? -->(.*?)<!-- /names -->", re.DOTALL)
 
 
 def marked_lists() -> list[tuple[str, str, set[str]]]:

@@ -28,26 +28,59 @@ def _guidance(variant):
     return 1.0 if variant == "klein" else 3.5  # klein: no CFG at 1.0; dev: the embedded guidance
 
 
-@pytest.mark.parametrize("variant", ["klein", "dev"])
-def test_stock_sampler_and_flux2_adapter_agree(variant):
-    """Patchify/pack layout, 4-D ids, batch-norm latents, timestep and guidance match diffusers' own pipeline."""
-    pipe = tiny_flux2_pipeline(0, variant=variant)
-    adapter = get_adapter(pipe, max_sequence_length=32)
-    assert isinstance(adapter, Flux2Adapter) and adapter.guidance_embeds == (variant == "dev")
-    prompts, steps = ["a bird", "a red tree"], 4
-    stock = pipe(
-        prompt=prompts, height=64, width=64, num_inference_steps=steps, guidance_scale=_guidance(variant),
-        max_sequence_length=32, output_type="pt", generator=torch.Generator().manual_seed(3),
-    ).images  # fmt: skip
+def _our_images(pipe, adapter, prompts, steps, guidance, seed=3):
     text = adapter.encode_prompts(prompts, torch.device("cpu"))
-    eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
-    shift = math.exp(flux2_empirical_mu(16, steps))  # the stock pipeline's mu for 4x4 tokens and 4 steps
+    eps = adapter.sample_noise(len(prompts), 64, 64, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    shift = math.exp(flux2_empirical_mu(16, steps))  # the stock pipeline's mu for 4x4 tokens and `steps` steps
     x0 = direct_align.euler_sample(
-        lambda x, s: adapter.velocity(pipe.transformer, x, s, text, _guidance(variant), 64, 64),
+        lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance, 64, 64),
         eps,
         direct_align.shifted_grid(steps, shift).float(),
     )
-    torch.testing.assert_close(adapter.decode(x0, 64, 64), stock, atol=1e-5, rtol=0)
+    return adapter.decode(x0, 64, 64)
+
+
+# (variant, distilled, guidance): [klein] base unguided and with its classifier-free guidance (the family's 4.0),
+# distilled [klein] (whose stock pipeline ignores a guidance above 1), [dev] with its embedded guidance.
+CASES = {
+    "klein-base-cfg1": ("klein", False, 1.0),
+    "klein-base-cfg4": ("klein", False, 4.0),
+    "klein-distilled": ("klein", True, 3.5),
+    "dev": ("dev", False, 3.5),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_stock_sampler_and_flux2_adapter_agree(case):
+    """Patchify/pack layout, 4-D ids, batch-norm latents, timestep and guidance match diffusers' own pipeline."""
+    variant, distilled, guidance = CASES[case]
+    pipe = tiny_flux2_pipeline(0, variant=variant, distilled=distilled)
+    adapter = get_adapter(pipe, max_sequence_length=32)
+    assert isinstance(adapter, Flux2Adapter) and adapter.guidance_embeds == (variant == "dev")
+    assert adapter.classifier_free_guidance == (variant == "klein" and not distilled)
+    prompts, steps = ["a bird", "a red tree"], 4
+    stock = pipe(
+        prompt=prompts, height=64, width=64, num_inference_steps=steps, guidance_scale=guidance,
+        max_sequence_length=32, output_type="pt", generator=torch.Generator().manual_seed(3),
+    ).images  # fmt: skip
+    ours = _our_images(pipe, adapter, prompts, steps, guidance)
+    print(f"{case}: largest difference to the stock sampler {(ours - stock).abs().max().item():.1e}")
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+def test_klein_base_guidance_is_applied_and_its_defaults_say_so():
+    """[klein] base: a guidance above 1 changes the images (classifier-free guidance, as the stock pipeline); the
+    distilled model is unguided, and its defaults label samples with the guidance they had (1.0)."""
+    base = tiny_flux2_pipeline(0, variant="klein")
+    adapter = get_adapter(base, max_sequence_length=32)
+    unguided = _our_images(base, adapter, ["a bird"], 3, 1.0)
+    guided = _our_images(base, adapter, ["a bird"], 3, 3.5)
+    assert (guided - unguided).abs().max() > 1e-3
+    assert adapter.default_guidance == {"rollout": 4.0, "train": 1.0, "sample": 4.0}
+    distilled = get_adapter(tiny_flux2_pipeline(0, variant="klein", distilled=True))
+    assert distilled.default_guidance == {"rollout": 1.0, "train": 1.0, "sample": 1.0}
+    dev = get_adapter(tiny_flux2_pipeline(0, variant="dev"))
+    assert dev.default_guidance == {"rollout": 1.0, "train": 3.5, "sample": 3.5}
 
 
 def test_flux2_time_shift_is_the_resolution_dependent_empirical_mu():

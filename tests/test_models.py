@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 
 from srpo_trl import ColorWordReward, SRPOTrainer
-from srpo_trl.models import ADAPTERS, Flux2Adapter
+from srpo_trl.models import ADAPTERS, PIPELINES, REFUSED, Flux2Adapter, adapter_class
 from srpo_trl.testing import tiny_flux2_pipeline, tiny_flux_pipeline, tiny_qwen_image_pipeline
 
 
@@ -32,13 +32,49 @@ def test_a_saved_flux2_klein_folder_is_detected_from_model_index(tmp_path, confi
     trainer.train()
     assert set(ADAPTERS) == {
         "FluxPipeline",
+        "FluxImg2ImgPipeline",
+        "FluxInpaintPipeline",
         "FluxKontextPipeline",
+        "FluxKontextInpaintPipeline",
         "Flux2Pipeline",
         "Flux2KleinPipeline",
+        "Flux2KleinInpaintPipeline",
+        "Flux2KleinKVPipeline",
         "QwenImagePipeline",
         "QwenImageEditPipeline",
         "QwenImageEditPlusPipeline",
     }
+
+
+def _exported_flux_classes() -> list[str]:
+    import diffusers
+
+    return sorted(n for n in dir(diffusers) if n.endswith("Pipeline") and n.startswith(("Flux", "Chroma")))
+
+
+def test_every_flux_and_chroma_pipeline_is_supported_or_refused_with_a_reason(tmp_path, config):
+    """Any Flux pipeline: each class the installed diffusers exports under Flux* / Chroma* is supported, or refused
+    with why and what to use instead, from the class and from a folder's model_index.json before any weights load.
+    A diffusers release that adds a class fails here until someone decides."""
+    import diffusers
+
+    names = _exported_flux_classes()
+    undecided = [n for n in names if n not in PIPELINES and n not in REFUSED]
+    assert not undecided, f"new diffusers pipeline classes, neither supported nor refused: {undecided}"
+    assert len(names) == 27 and len([n for n in names if n in PIPELINES]) == 9  # diffusers 0.42.1; 4 before
+    data = Dataset.from_dict({"prompt": ["a cat"]})
+    for name in names:
+        if name in PIPELINES:
+            assert adapter_class(getattr(diffusers, name)) is PIPELINES[name].adapter
+            continue
+        assert len(REFUSED[name]) > 40, name  # a reason, and what to use instead
+        with pytest.raises(ValueError, match=f"model: {name} is not supported: "):
+            adapter_class(getattr(diffusers, name))
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": name}))
+        with pytest.raises(ValueError, match=f"{name} is not supported"):
+            SRPOTrainer(str(folder), ColorWordReward(), args=config(), train_dataset=data)
 
 
 @pytest.mark.parametrize(

@@ -65,10 +65,12 @@ def load_result(pipeline, result: str) -> str:
 @torch.no_grad()
 def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tensor:
     """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`."""
-    from .models import adapter_class
+    from .models import adapter_class, get_adapter
 
     family = adapter_class(type(pipeline))
-    guidance = settings.guidance_scale if settings.guidance_scale is not None else family.default_guidance["sample"]
+    guidance = settings.guidance_scale
+    if guidance is None:  # the family's inference default (FLUX.2 [klein]'s depends on the model: base or distilled)
+        guidance = get_adapter(pipeline).default_guidance["sample"]
     images = []
     for i, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start : start + settings.batch_size]
@@ -152,7 +154,7 @@ def run_eval(
         overwrite_effect="eval.json and eval_grid.png are replaced, nothing else",
     )
 
-    from .models import adapter_class
+    from .models import adapter_class, get_adapter, sampling_pipeline
     from .plotting import image_grid
     from .rewards import load_reward
 
@@ -162,12 +164,14 @@ def run_eval(
         settings.positive_control_words and settings.negative_control_words
     ):
         raise ValueError("srpo-trl eval: a text-conditioned reward needs positive and negative control words")
-    pipeline = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+    # A variant (Img2Img, Inpaint, KV) is scored as the text-to-image model it holds: the family's own pipeline over
+    # the same components.
+    pipeline = sampling_pipeline(DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)).to(device)
     family = adapter_class(type(pipeline))
     if family.requires_reference_image:
         raise ValueError(f"srpo-trl eval scores text-to-image pipelines; {type(pipeline).__name__} edits images")
     if settings.guidance_scale is None:  # recorded in eval.json as used: the family's inference default
-        settings = dataclasses.replace(settings, guidance_scale=family.default_guidance["sample"])
+        settings = dataclasses.replace(settings, guidance_scale=get_adapter(pipeline).default_guidance["sample"])
     pipeline.set_progress_bar_config(disable=True)
     log(f"srpo-trl eval: {len(prompts)} prompts, rewards {reward_funcs}, {settings.resolution}px")
     before_images = generate(pipeline, prompts, settings)

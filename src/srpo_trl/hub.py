@@ -75,18 +75,18 @@ def base_model_license(base_model: str | None) -> dict[str, str]:
     return dict(KNOWN_LICENSES.get(base_model, {}))
 
 
-def _family(pipeline_class: str):
-    """The adapter class of a diffusers pipeline class name."""
+def _support(pipeline_class: str):
+    """The `srpo_trl.models.PIPELINES` row of a diffusers pipeline class name."""
     import diffusers
 
-    from .models import adapter_class
+    from .models import pipeline_support
 
-    return adapter_class(getattr(diffusers, pipeline_class))
+    return pipeline_support(getattr(diffusers, pipeline_class))
 
 
 def _family_tag(pipeline_class: str) -> str:
     """The Hub tag of the model family: `flux` (FLUX.1, Kontext, FLUX.2) or `qwen-image` (and its edit models)."""
-    return "qwen-image" if _family(pipeline_class).family.startswith("qwen-image") else "flux"
+    return "qwen-image" if _support(pipeline_class).adapter.family.startswith("qwen-image") else "flux"
 
 
 @dataclass
@@ -105,16 +105,20 @@ class InferenceSettings:
 
 
 def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: float) -> str:
-    """The pipeline call's arguments, one a line: the prompt, the size and steps, the family's guidance keywords."""
+    """The pipeline call's arguments, one a line: the prompt, the class's own inputs (a variant's image and mask),
+    the size and steps, the family's guidance keywords (where the class takes them)."""
+    support = _support(pipeline_class)
+    guidance_kwargs = support.adapter.pipeline_guidance_kwargs(guidance) if support.takes_guidance else {}
     arguments = {
         "height": settings.height,
         "width": settings.width,
         "num_inference_steps": settings.num_inference_steps,
-        **_family(pipeline_class).pipeline_guidance_kwargs(guidance),
+        **guidance_kwargs,
         "max_sequence_length": settings.max_sequence_length,
     }
-    lines = [json.dumps(settings.prompt)] + [f"{k}={v!r}" for k, v in arguments.items() if v is not None]
-    return "".join(f"\n    {line}," for line in lines) + "\n"
+    lines = [json.dumps(settings.prompt) + ","] + list(support.inputs)
+    lines += [f"{k}={v!r}," for k, v in arguments.items() if v is not None]
+    return "".join(f"\n    {line}" for line in lines) + "\n"
 
 
 def _loading_snippet(
@@ -141,15 +145,16 @@ def _loading_snippet(
             f'pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, '
             f"torch_dtype={dtype}){to_device}"
         )
+    imports = f"import torch\nfrom diffusers import {pipeline_class}"
+    if _support(pipeline_class).inputs:  # a variant's own inputs are images
+        imports += "\nfrom diffusers.utils import load_image"
     if lora:
-        return f"""import torch
-from diffusers import {pipeline_class}
+        return f"""{imports}
 
 {load_base}
 pipe.load_lora_weights("{repo_or_dir}")
 {prompt_line}"""
-    return f"""import torch
-from diffusers import {pipeline_class}, {transformer_class}
+    return f"""{imports.replace(pipeline_class, f"{pipeline_class}, {transformer_class}", 1)}
 
 transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype={dtype})
 {load_base_with_transformer}
@@ -197,7 +202,7 @@ def build_model_card(
         **license_meta,
     )
     gallery = ""
-    guidance = _family(pipeline_class).default_guidance["sample"]  # the family's inference default
+    guidance = _support(pipeline_class).adapter.default_guidance["sample"]  # the family's inference default
     if samples:
         made_with = ""
         if sample_settings:

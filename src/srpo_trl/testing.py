@@ -320,9 +320,12 @@ def tiny_chat_tokenizer(model_max_length: int = 512):
     )
 
 
-def tiny_flux2_pipeline(seed: int = 0, *, variant: str = "klein", hidden_size: int = 16, dtype=torch.float32):
+def tiny_flux2_pipeline(
+    seed: int = 0, *, variant: str = "klein", hidden_size: int = 16, dtype=torch.float32, distilled: bool = False
+):
     """A tiny random FLUX.2 pipeline built in code: `variant="klein"` gives a `Flux2KleinPipeline` (Qwen3 text
-    encoder, no guidance embedding), `"dev"` a `Flux2Pipeline` (Mistral-3 text encoder, guidance-distilled).
+    encoder, no guidance embedding; the base model, with classifier-free guidance, unless `distilled`), `"dev"` a
+    `Flux2Pipeline` (Mistral-3 text encoder, guidance-distilled).
 
     The text encoders have just enough layers for the pipelines' hidden-state picks (Qwen3: 9, 18, 27;
     Mistral: 10, 20, 30), each tiny. The VAE has FLUX.2's layout (2x2 patchified latents, batch-norm
@@ -393,8 +396,8 @@ def tiny_flux2_pipeline(seed: int = 0, *, variant: str = "klein", hidden_size: i
         use_post_quant_conv=False,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
-    cls = Flux2KleinPipeline if variant == "klein" else Flux2Pipeline
-    pipe = cls(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    parts = dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    pipe = Flux2KleinPipeline(**parts, is_distilled=distilled) if variant == "klein" else Flux2Pipeline(**parts)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     for module in (vae, text_encoder, transformer):
@@ -573,3 +576,21 @@ def tiny_qwen_image_edit_pipeline(seed: int = 0, *, hidden_size: int = 16, dtype
     from diffusers import QwenImageEditPipeline
 
     return _tiny_qwen_pipeline(QwenImageEditPipeline, seed, hidden_size, dtype, processor=True)
+
+
+def tiny_variant_pipeline(name: str, seed: int = 0):
+    """A tiny variant pipeline (`"FluxImg2ImgPipeline"`, `"FluxInpaintPipeline"`, `"FluxKontextInpaintPipeline"`,
+    `"Flux2KleinInpaintPipeline"`, `"Flux2KleinKVPipeline"`): the family's tiny pipeline's components in the
+    variant's class (diffusers' `from_pipe`), as a user who deploys with the variant loads the same weights."""
+    import diffusers
+
+    bases = {
+        "FluxImg2ImgPipeline": tiny_flux_pipeline,
+        "FluxInpaintPipeline": tiny_flux_pipeline,
+        "FluxKontextInpaintPipeline": tiny_flux_kontext_pipeline,
+        "Flux2KleinInpaintPipeline": tiny_flux2_pipeline,
+        "Flux2KleinKVPipeline": lambda seed: tiny_flux2_pipeline(seed, distilled=True),
+    }
+    if name not in bases:
+        raise ValueError(f"tiny_variant_pipeline: {name!r} is not one of {sorted(bases)}")
+    return getattr(diffusers, name).from_pipe(bases[name](seed))

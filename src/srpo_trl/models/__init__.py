@@ -1,6 +1,15 @@
-"""Model adapters: one file per diffusion family, chosen from the pipeline class."""
+"""Model adapters, one file per diffusion family, and the table of pipeline classes they serve.
+
+A family is what the denoiser needs (its transformer, text encoding, latent layout, guidance, extra inputs); the
+pipeline class only says which family a user has. So each supported class is one row of `PIPELINES`: the adapter,
+and the family's own pipeline that the rollout reproduces and `srpo-trl eval` samples with. Variants that load the
+same weights (Img2Img, Inpaint, KV) are rows too, and every other diffusers class named like a family we know is
+refused with the reason and what to use instead (`REFUSED`).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from .base import ModelAdapter
 from .flux import FluxAdapter
@@ -9,24 +18,122 @@ from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 
-# Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
-ADAPTERS: dict[str, type] = {
-    "FluxPipeline": FluxAdapter,
-    "FluxKontextPipeline": FluxKontextAdapter,
-    "Flux2Pipeline": Flux2Adapter,
-    "Flux2KleinPipeline": Flux2Adapter,
-    "QwenImagePipeline": QwenImageAdapter,
-    "QwenImageEditPipeline": QwenImageEditAdapter,
-    "QwenImageEditPlusPipeline": QwenImageEditPlusAdapter,
+
+@dataclass(frozen=True)
+class PipelineSupport:
+    """How srpo-trl trains the transformer of one diffusers pipeline class."""
+
+    adapter: type
+    #: The family's own pipeline (text-to-image, or Kontext's editing): what our rollout reproduces, and what
+    #: `srpo-trl eval` samples with (`from_pipe`, sharing the components), with `sampler_config` set.
+    sampler: str
+    sampler_config: dict = field(default_factory=dict)
+    #: The class's own inputs besides the prompt, as the model card's snippet passes them.
+    inputs: tuple[str, ...] = ()
+    #: Whether the class's `__call__` takes the family's guidance keywords.
+    takes_guidance: bool = True
+
+
+_IMAGE = 'image=load_image("input.png"),  # the image to start from'
+_MASK = 'mask_image=load_image("mask.png"),  # white where the image is repainted'
+
+PIPELINES: dict[str, PipelineSupport] = {
+    # FLUX.1 and the variants that load its weights: trained as the text-to-image family.
+    "FluxPipeline": PipelineSupport(FluxAdapter, "FluxPipeline"),
+    "FluxImg2ImgPipeline": PipelineSupport(FluxAdapter, "FluxPipeline", inputs=(_IMAGE, "strength=0.8,")),
+    "FluxInpaintPipeline": PipelineSupport(FluxAdapter, "FluxPipeline", inputs=(_IMAGE, _MASK, "strength=0.8,")),
+    # FLUX.1 Kontext: trained as the editing family (a reference image per prompt).
+    "FluxKontextPipeline": PipelineSupport(FluxKontextAdapter, "FluxKontextPipeline"),
+    "FluxKontextInpaintPipeline": PipelineSupport(
+        FluxKontextAdapter, "FluxKontextPipeline", inputs=(_IMAGE, _MASK, "strength=1.0,")
+    ),
+    # FLUX.2 [dev] and [klein] (base and distilled), and the [klein] variants.
+    "Flux2Pipeline": PipelineSupport(Flux2Adapter, "Flux2Pipeline"),
+    "Flux2KleinPipeline": PipelineSupport(Flux2Adapter, "Flux2KleinPipeline"),
+    "Flux2KleinInpaintPipeline": PipelineSupport(
+        Flux2Adapter, "Flux2KleinPipeline", inputs=(_IMAGE, _MASK, "strength=0.8,")
+    ),
+    # The KV-cached [klein] is step-distilled and takes no guidance; sampled as the distilled [klein].
+    "Flux2KleinKVPipeline": PipelineSupport(
+        Flux2Adapter, "Flux2KleinPipeline", sampler_config={"is_distilled": True}, takes_guidance=False
+    ),
+    # Qwen-Image and its editing models.
+    "QwenImagePipeline": PipelineSupport(QwenImageAdapter, "QwenImagePipeline"),
+    "QwenImageEditPipeline": PipelineSupport(QwenImageEditAdapter, "QwenImageEditPipeline"),
+    "QwenImageEditPlusPipeline": PipelineSupport(QwenImageEditPlusAdapter, "QwenImageEditPlusPipeline"),
+}
+
+#: Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
+ADAPTERS: dict[str, type] = {name: support.adapter for name, support in PIPELINES.items()}
+
+_MODULAR = (
+    "diffusers' modular pipelines are not supported yet; the same checkpoint loads as the classic {0}, which "
+    "srpo-trl trains: {0}.from_pretrained(...)"
+)
+_CONDITIONED = (
+    "its transformer takes {0} besides the text, which srpo-trl does not feed yet (planned with rewards that keep the "
+    "condition); to train the base FLUX.1 transformer, load FluxPipeline from the base checkpoint"
+)
+_CHROMA = (
+    "Chroma (T5 with an attention mask, real CFG with a negative prompt, a distilled-guidance approximator inside "
+    "ChromaTransformer2DModel) has no adapter yet"
+)
+
+#: Pipeline classes named like a family srpo-trl knows that it does not train, with the reason and what to use.
+REFUSED: dict[str, str] = {
+    "FluxModularPipeline": _MODULAR.format("FluxPipeline"),
+    "FluxKontextModularPipeline": _MODULAR.format("FluxKontextPipeline"),
+    "Flux2ModularPipeline": _MODULAR.format("Flux2Pipeline"),
+    "Flux2KleinModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
+    "Flux2KleinBaseModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
+    "Flux3ModularPipeline": "FLUX.3 [klein] (Qwen3-VL text encoding, diffusers' guider) has no adapter yet, and "
+    "diffusers ships it only as a modular pipeline",
+    "Flux3DistilledModularPipeline": "the step-distilled FLUX.3 [klein] is a flow map (each transformer call also "
+    "takes the level it jumps to), which the adapters do not pass yet; diffusers ships it only as a modular pipeline",
+    "FluxFillPipeline": _CONDITIONED.format(
+        "the masked image's latents and the mask (FLUX.1 Fill, 384 input channels)"
+    ),
+    "FluxControlPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth, 128 input channels)"),
+    "FluxControlImg2ImgPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth)"),
+    "FluxControlInpaintPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth)"),
+    "FluxControlNetPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
+    "FluxControlNetImg2ImgPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
+    "FluxControlNetInpaintPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
+    "FluxPriorReduxPipeline": "it makes image-prompt embeddings for FluxPipeline and denoises nothing, so there is "
+    "nothing in it to train; train the FluxPipeline it feeds",
+    "ChromaPipeline": _CHROMA,
+    "ChromaImg2ImgPipeline": _CHROMA,
+    "ChromaInpaintPipeline": _CHROMA,
 }
 
 
-def adapter_class(pipeline_class: type) -> type:
-    """The adapter class for a pipeline class, matched on the class or any of its base classes."""
+def pipeline_support(pipeline_class: type) -> PipelineSupport:
+    """The row of `PIPELINES` for a pipeline class, matched on the class or any of its base classes; a refused or
+    unknown class fails with the reason and what would be valid."""
     for cls in pipeline_class.__mro__:
-        if cls.__name__ in ADAPTERS:
-            return ADAPTERS[cls.__name__]
-    raise ValueError(f"model: unsupported pipeline class {pipeline_class.__name__!r}; supported: {sorted(ADAPTERS)}")
+        if cls.__name__ in PIPELINES:
+            return PIPELINES[cls.__name__]
+    name = pipeline_class.__name__
+    if name in REFUSED:
+        raise ValueError(f"model: {name} is not supported: {REFUSED[name]}")
+    raise ValueError(f"model: unsupported pipeline class {name!r}; supported: {sorted(PIPELINES)}")
+
+
+def adapter_class(pipeline_class: type) -> type:
+    """The adapter class for a pipeline class (see [`pipeline_support`])."""
+    return pipeline_support(pipeline_class).adapter
+
+
+def sampling_pipeline(pipeline):
+    """The family's own pipeline over `pipeline`'s components (itself when it is that class): what `srpo-trl eval`
+    samples with, so that a variant (Img2Img, Inpaint, KV) is scored as the text-to-image model it holds."""
+    import diffusers
+
+    support = pipeline_support(type(pipeline))
+    sampler = getattr(diffusers, support.sampler)
+    if isinstance(pipeline, sampler) and not support.sampler_config:
+        return pipeline
+    return sampler.from_pipe(pipeline, **support.sampler_config)
 
 
 def check_model_index(path: str) -> None:
@@ -56,6 +163,9 @@ def get_adapter(pipeline, **kwargs) -> ModelAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "PIPELINES",
+    "REFUSED",
+    "PipelineSupport",
     "Flux2Adapter",
     "FluxAdapter",
     "FluxKontextAdapter",
@@ -66,4 +176,6 @@ __all__ = [
     "adapter_class",
     "check_model_index",
     "get_adapter",
+    "pipeline_support",
+    "sampling_pipeline",
 ]

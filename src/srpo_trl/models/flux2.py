@@ -7,9 +7,13 @@ What FLUX.2 changes against FLUX.1, all handled here:
 - a 32-channel VAE whose latents are 2x2-patchified *before* the transformer (128 channels) and
   normalised with the VAE's batch-norm running statistics; tokens are the patchified grid in
   row-major order, with 4-D ids `(0, row, column, 0)`;
-- guidance: [dev] is guidance-distilled (a `guidance` input, like FLUX.1 [dev]); [klein] has no
-  guidance embedding (its base model uses classifier-free guidance at inference, which SRPO's
-  guidance-1 rollout does not need);
+- guidance: [dev] is guidance-distilled (a `guidance` input, like FLUX.1 [dev]). [klein] has no guidance
+  embedding: the base model (`is_distilled=False` in the pipeline's config) takes classifier-free guidance as the
+  stock `Flux2KleinPipeline` computes it, `v_neg + g (v - v_neg)` with the empty prompt as the negative, two
+  transformer calls when `g > 1`; the step-distilled models take none (the stock pipeline ignores a guidance
+  above 1 for them). Defaults as chosen here, after Qwen-Image's: [klein] base 4.0 (the stock default) in the
+  rollout and the samples, 1.0 (one call) in the two training calls; distilled [klein] 1.0 everywhere, so that
+  samples are labelled with the guidance they had;
 - the time shift is resolution-dependent: `exp(mu)` with diffusers' `compute_empirical_mu` for the
   image's token count (at 50 steps), equal to the scheduler's exponential dynamic shift.
 """
@@ -64,6 +68,21 @@ class Flux2Adapter(AdapterBase):
         "proj_out",
     ]
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+    #: The negative prompt of [klein] base's classifier-free guidance (the stock pipeline's, fixed).
+    negative_prompt: ClassVar[str] = ""
+
+    def __init__(self, pipeline, max_sequence_length: int = 512):
+        super().__init__(pipeline, max_sequence_length)
+        # [klein] base (`is_distilled=False`): classifier-free guidance; [klein] distilled: none; [dev]: the guidance
+        # embedding. The KV-cached [klein] pipeline registers no `is_distilled` and never guides: none either.
+        self.classifier_free_guidance = (
+            not self.guidance_embeds and getattr(pipeline.config, "is_distilled", None) is False
+        )
+        if self.classifier_free_guidance:
+            self.default_guidance = {"rollout": 4.0, "train": 1.0, "sample": 4.0}
+        elif not self.guidance_embeds:
+            self.default_guidance = {"rollout": 1.0, "train": 1.0, "sample": 1.0}
+        self._negative: dict[str, dict[str, torch.Tensor]] = {}  # the negative prompt's encoding, per device
 
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         """Token grid: the patchified latent's height and width."""
@@ -73,12 +92,23 @@ class Flux2Adapter(AdapterBase):
         rows, cols = self._grid(height, width)
         return math.exp(flux2_empirical_mu(rows * cols, SHIFT_REFERENCE_STEPS))
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    def _encode(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         prompt_embeds, text_ids = self.pipeline.encode_prompt(
             prompt=prompts, device=device, max_sequence_length=self.max_sequence_length
         )
         return {"prompt_embeds": prompt_embeds, "text_ids": text_ids}
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """The prompts' embeddings and ids; for [klein] base also the negative prompt's, per row (encoded once)."""
+        text = self._encode(prompts, device)
+        if self.classifier_free_guidance:
+            key = str(device)
+            if key not in self._negative:
+                negative = self._encode([self.negative_prompt], device)
+                self._negative[key] = {f"negative_{k}": v for k, v in negative.items()}
+            text.update({k: v.expand(len(prompts), *v.shape[1:]) for k, v in self._negative[key].items()})
+        return text
 
     def _image_ids(self, rows: int, cols: int, batch: int, device: torch.device) -> torch.Tensor:
         key = (rows, cols, str(device))
@@ -105,15 +135,26 @@ class Flux2Adapter(AdapterBase):
         return self._pack(eps).to(device)
 
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+        conditional = self._call_transformer(transformer, latents, sigma, text, "", guidance_scale, height, width)
+        if not (self.classifier_free_guidance and guidance_scale > 1):
+            return conditional
+        # Two calls, as the stock pipeline makes them (one batched call differs in the last bits).
+        unconditional = self._call_transformer(
+            transformer, latents, sigma, text, "negative_", guidance_scale, height, width
+        )
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def _call_transformer(self, transformer, latents, sigma, text, prefix, guidance_scale, height, width):
+        """The transformer's output for the text `text[prefix + "prompt_embeds"]` (the prompt, or the negative)."""
         rows, cols = self._grid(height, width)
         batch = latents.shape[0]
         dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
         return transformer(
             hidden_states=latents.to(dtype),
-            encoder_hidden_states=text["prompt_embeds"].to(dtype),
+            encoder_hidden_states=text[f"{prefix}prompt_embeds"].to(dtype),
             timestep=sigma.to(latents.device),  # FLUX.2 takes the level in [0, 1] (the pipeline's t / 1000)
             img_ids=self._image_ids(rows, cols, batch, latents.device),
-            txt_ids=text["text_ids"],
+            txt_ids=text[f"{prefix}text_ids"],
             guidance=self.guidance(batch, guidance_scale, latents.device),
             return_dict=False,
         )[0]
