@@ -102,3 +102,23 @@ def test_kontext_needs_a_reference_column(tmp_path, config):
             args=config(),
             train_dataset=Dataset.from_dict({"prompt": ["a cat"]}),
         )
+
+
+def test_generate_takes_a_reference_of_any_size_as_the_data_pipeline_resizes_it(config):
+    """A reference of another size than the training size is resized and centre-cropped as training rows are (it
+    used to stop with a bare size-mismatch RuntimeError); a tensor, a PIL image and a path give the same images."""
+    import numpy as np
+
+    from srpo_trl.data import image_to_tensor
+
+    trainer = SRPOTrainer(kontext(tiny_colour_flux_pipeline(0)), ColorWordReward(), args=config(), train_dataset=_data(1))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 112, 3), dtype=np.uint8))  # 112 x 80
+    as_trained = trainer.generate(["a cat"], reference_images=image_to_tensor(picture, 64, 64)[None])
+    from_pil = trainer.generate(["a cat"], reference_images=[picture])
+    as_tensor = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    from_tensor = trainer.generate(["a cat"], reference_images=as_tensor)
+    assert from_pil.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(from_pil, as_trained, atol=0, rtol=0)
+    torch.testing.assert_close(from_tensor, as_trained, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"reference_images: expected a tensor \[B, 3, H, W\]"):
+        trainer.generate(["a cat"], reference_images=torch.rand(1, 64, 64))

@@ -149,6 +149,22 @@ def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
+def reference_batch(images, height: int, width: int) -> torch.Tensor:
+    """Reference images for `SRPOTrainer.generate` as the data pipeline gives them to the trainer: `[B, 3, height,
+    width]` in [0, 1], resized to cover that size and centre-cropped. Takes a tensor `[B, 3, H, W]` in [0, 1] (used as
+    it is when already at that size) or a list of PIL images or paths."""
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"reference_images: expected a tensor [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) == (height, width):
+            return images
+        pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        images = [Image.fromarray(array.numpy()) for array in pixels]
+    return torch.stack([image_to_tensor(image, height, width) for image in images])
+
+
 def collate_rows(
     features: list[dict], args, height: int, width: int, reference: tuple[int, int] | None, offline: bool
 ) -> dict:

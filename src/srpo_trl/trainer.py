@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .attention import training_attention
-from .callbacks import SamplesAndRewardCurve, StopOnSignal, log_images_to_trackers
+from .callbacks import SamplesAndRewardCurve, StopOnSignal
 from .checkpointing import (
     STAGING_DIR_NAME,
     load_full_checkpoint,
@@ -26,9 +25,8 @@ from .checkpointing import (
     publish_staged_folder,
 )
 from .config import SRPOConfig
-from .data import check_dataset, collate_rows, has_image_column
+from .data import check_dataset, collate_rows, has_image_column, reference_batch
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
-from .hub import result_files, save_sample_images, trainer_model_card
 from .integrations import adapt_tracker_callbacks
 from .metrics import MetricsBuffer
 from .models import get_adapter
@@ -41,6 +39,7 @@ from .preparation import (
     prepare_trainable,
     resolve_reward_setup,
 )
+from .publishing import PublishingMixin
 from .rewards import Reward
 from .rewards.base import held_out_scores
 from .step import SRPOStep
@@ -52,7 +51,7 @@ logger = logging.getLogger(__name__)
 RewardLike = Reward | Callable | str
 
 
-class SRPOTrainer(Trainer):
+class SRPOTrainer(PublishingMixin, Trainer):
     """Trainer for SRPO (Shen et al., 2025): Direct-Align with Semantic Relative Preference rewards.
 
     Args:
@@ -239,10 +238,14 @@ class SRPOTrainer(Trainer):
     ) -> torch.Tensor:
         """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's Euler sampler, in eval mode.
 
-        `guidance_scale` defaults to the rollout's (`rollout_guidance_scale`). `reference_images`
-        (`[B, 3, H, W]` in [0, 1]) are required by image-editing families (Kontext).
+        `guidance_scale` defaults to the rollout's (`rollout_guidance_scale`). `reference_images` (a tensor
+        `[B, 3, H, W]` in [0, 1], or PIL images or paths) are required by image-editing families (Kontext); any size
+        is resized and centre-cropped as the data pipeline does for training.
         """
         device = self.accelerator.device
+        if reference_images is not None:
+            size = self.adapter.reference_image_size(self.height, self.width)
+            reference_images = reference_batch(reference_images, *size)
         text = self._conditioning(list(prompts), reference_images)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
@@ -311,12 +314,6 @@ class SRPOTrainer(Trainer):
         logs = {**logs, **metrics}
         super().log(logs, start_time)
         self._metrics[mode].clear()
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Write srpo-trl's model card (used by `push_to_hub`) instead of the Trainer's language-model card."""
-        if self.is_world_process_zero():
-            card = self.model_card(self.args.hub_model_id or self.args.output_dir)
-            card.save(os.path.join(self.args.output_dir, "README.md"))
 
     # ------------------------------------------------------------ evaluation
 
@@ -395,80 +392,6 @@ class SRPOTrainer(Trainer):
             save_transformer(transformer, os.path.join(output_dir, self.adapter.trainable_component), state_dict)
         torch.save(self._args_without_token(), os.path.join(output_dir, TRAINING_ARGS_NAME))
         self.model_card(output_dir).save(os.path.join(output_dir, "README.md"))
-
-    def _args_without_token(self) -> SRPOConfig:
-        """The config as saved to disk: a hub token is never written."""
-        args = copy.copy(self.args)
-        args.hub_token = None
-        return args
-
-    # ---------------------------------------------------------- samples, hub
-
-    def save_samples(self, prompts: Sequence[str], seed: int = 0, output_dir: str | None = None) -> list[str]:
-        """Generate one image per prompt with the current model into `{output_dir}/samples/`.
-
-        The model card shows them (and the Hub's widget) the next time it is written. Returns the paths.
-        """
-        output_dir = output_dir or self.args.output_dir
-        # On every process: sharded models need all ranks.
-        images = self.generate(list(prompts), seed=seed, guidance_scale=self.args.sample_guidance_scale)
-        if not self.is_world_process_zero():
-            return []
-        # Each image's row says how it was made, so that the model card states the settings actually used.
-        settings = {
-            "seed": seed,
-            "guidance_scale": self.args.sample_guidance_scale,
-            "steps": self.args.rollout_steps,
-            "resolution": f"{self.height}x{self.width}",
-        }
-        return save_sample_images(images, list(prompts), output_dir, settings)
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs,
-    ):
-        """Upload the diffusers-loadable result (LoRA safetensors or `transformer/`), the model card and samples.
-
-        Only those files go up (not checkpoints, logs or staging folders). The upload reads the local folder
-        and never changes it, so a failed push leaves the local result as it was.
-        """
-        from transformers.trainer import hf_api
-
-        token = token if token is not None else self.args.hub_token
-        if self.hub_model_id is None:
-            self.init_hf_repo(token=token, private=private)
-        self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
-        self.create_model_card()
-        # The Trainer's own (private) wait for checkpoint pushes still in flight (`hub_strategy`), as its
-        # `push_to_hub` does before uploading; no public method waits for them.
-        self._finish_current_push()
-        return hf_api().upload_folder(
-            repo_id=self.hub_model_id,
-            folder_path=self.args.output_dir,
-            commit_message=commit_message,
-            token=token,
-            run_as_future=not blocking,
-            allow_patterns=result_files(self.adapter.trainable_component),
-            revision=revision if revision is not None else self.args.hub_revision,
-        )
-
-    def log_samples(self) -> None:
-        """Generate `args.sample_prompts` (fixed seed) and log the images to the `report_to` trackers."""
-        prompts = list(self.args.sample_prompts or [])
-        if not prompts:
-            return
-        # On every process: sharded models need all ranks.
-        images = self.generate(prompts, seed=self.args.seed, guidance_scale=self.args.sample_guidance_scale)
-        if not self.is_world_process_zero():
-            return
-        log_images_to_trackers(self.callback_handler.callbacks, images, prompts, self.state.global_step)
 
     # ------------------------------------------------------------------ guards
 
@@ -609,7 +532,3 @@ class SRPOTrainer(Trainer):
             load_lora_checkpoint(transformer, resume_from_checkpoint, component)
         else:
             load_full_checkpoint(transformer, resume_from_checkpoint, component)
-
-    def model_card(self, repo_or_dir: str):
-        """The model card of the current result (see [`srpo_trl.hub.trainer_model_card`])."""
-        return trainer_model_card(self, repo_or_dir)
