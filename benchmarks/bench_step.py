@@ -55,20 +55,42 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+from bench_models import (  # noqa: F401  (re-exported: `bench_step.X` is how gpu_validation.py and the tests reach them)
+    HOPPER_BF16_DENSE_TFLOPS,
+    KNOWN_PEAKS,
+    Models,
+    PhaseTimer,
+    _bytes,
+    _dtype,
+    _module_params,
+    _sync,
+    build_models,
+    build_reward,
+    device_name,
+    flux_transformer_params,
+    free_memory,
+    full_finetune_memory_estimate,
+    make_optimizer,
+    model_flops,
+    model_key,
+    peak_rss_bytes,
+    peak_tflops_for,
+    set_checkpointing,
+    set_compile,
+    set_reward,
+    set_vae_slicing,
+    versions,
+)
 
 PHASES = (
     "rollout",
@@ -80,9 +102,6 @@ PHASES = (
     "transformer_backward",
     "optimizer_step",
 )
-# Dense bf16 tensor-core peak of the SXM H100 and of the H200 (same chip), in TFLOP/s.
-HOPPER_BF16_DENSE_TFLOPS = 989.4
-KNOWN_PEAKS = {"H100": HOPPER_BF16_DENSE_TFLOPS, "H200": HOPPER_BF16_DENSE_TFLOPS}
 
 PROMPTS = [
     "a cat sitting on a windowsill in the afternoon sun",
@@ -196,248 +215,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.compare_trainer and args.model != "tiny":
         raise SystemExit("--compare_trainer runs on the tiny model only")
     return args
-
-
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
-
-
-# ------------------------------------------------------------------------------------------------ models
-
-
-@dataclass
-class Models:
-    """The pipeline, its adapter and the reward, built once and reusable across cases of one configuration."""
-
-    key: tuple
-    pipe: object
-    adapter: object
-    reward: object
-    device: torch.device
-    trainable: list[torch.nn.Parameter] = field(default_factory=list)
-    build_seconds: float = 0.0
-
-    compiled: object = None  # the transformer under torch.compile, when --compile is set
-    compile_kind: tuple = ("none", "inductor")
-
-    @property
-    def transformer(self):
-        return self.pipe.transformer
-
-    @property
-    def runner(self):
-        """What the step calls: the compiled transformer when there is one (it shares the parameters)."""
-        return self.compiled if self.compiled is not None else self.pipe.transformer
-
-
-def model_key(args) -> tuple:
-    """What `build_models` depends on (the reward's dtype excepted: `set_reward` swaps the reward alone)."""
-    return (
-        args.model,
-        args.device,
-        args.dtype,
-        args.num_layers,
-        args.num_single_layers,
-        args.reward_layers,
-        args.max_sequence_length,
-        args.lora_rank,
-        args.full,
-        args.seed,
-        args.quantize_base,
-    )
-
-
-def build_reward(args):
-    device, dtype = torch.device(args.device), _dtype(args.reward_dtype)
-    if args.model == "tiny":
-        from srpo_trl.testing import tiny_clip_reward
-
-        return tiny_clip_reward(args.seed, scale=1.0, name="hps", dtype=dtype).to(device)
-    from full_size_models import vit_h_clip_reward
-
-    layers = (
-        {} if args.reward_layers is None else dict(vision_layers=args.reward_layers, text_layers=args.reward_layers)
-    )
-    return vit_h_clip_reward(args.seed, device=device, dtype=dtype, **layers)
-
-
-def build_models(args) -> Models:
-    """Build the pipeline and the reward, freeze them, and make the LoRA (or the whole transformer) trainable."""
-    from peft import LoraConfig
-
-    from srpo_trl.models import get_adapter
-
-    start = time.perf_counter()
-    device, dtype = torch.device(args.device), _dtype(args.dtype)
-    if args.model == "tiny":
-        from srpo_trl.testing import tiny_flux_pipeline
-
-        pipe = tiny_flux_pipeline(args.seed, dtype=dtype)
-        pipe.to(device)
-    else:
-        from full_size_models import flux_dev_pipeline
-
-        pipe = flux_dev_pipeline(
-            args.seed,
-            device=device,
-            dtype=dtype,
-            num_layers=args.num_layers,
-            num_single_layers=args.num_single_layers,
-            max_sequence_length=args.max_sequence_length,
-        )
-    adapter = get_adapter(pipe, max_sequence_length=args.max_sequence_length)
-    for component in pipe.components.values():  # as SRPOTrainer._prepare_trainable does
-        if isinstance(component, torch.nn.Module):
-            component.requires_grad_(False).eval()
-    transformer = pipe.transformer
-    if args.full:
-        transformer.requires_grad_(True)
-    else:
-        if args.quantize_base is not None:  # as SRPOTrainer does with SRPOConfig.quantize_base
-            from srpo_trl.quantization import quantize_frozen_base
-
-            quantize_frozen_base(transformer, args.quantize_base)
-        config = LoraConfig(
-            r=args.lora_rank, lora_alpha=args.lora_rank, target_modules=list(adapter.default_lora_target_modules)
-        )
-        transformer.add_adapter(config)
-    transformer.train()  # the Trainer's training_step does this; the rollout then runs in train mode too
-    reward = build_reward(args)
-    trainable = [p for p in transformer.parameters() if p.requires_grad]
-    _sync(device)
-    return Models(model_key(args), pipe, adapter, reward, device, trainable, time.perf_counter() - start)
-
-
-def set_reward(models: Models, args) -> None:
-    """Swap the reward for one in `args.reward_dtype` (frees the old one first)."""
-    if models.reward is not None and next(models.reward.parameters()).dtype == _dtype(args.reward_dtype):
-        return
-    models.reward = None
-    free_memory()
-    models.reward = build_reward(args)
-
-
-def set_checkpointing(models: Models, args) -> None:
-    transformer, vae = models.transformer, models.pipe.vae
-    if args.transformer_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    else:
-        transformer.disable_gradient_checkpointing()
-    if args.vae_checkpointing:
-        vae.enable_gradient_checkpointing()
-    else:
-        vae.disable_gradient_checkpointing()
-
-
-def set_vae_slicing(models: Models, args) -> None:
-    if args.vae_slicing:
-        models.pipe.vae.enable_slicing()
-    else:
-        models.pipe.vae.disable_slicing()
-
-
-def set_compile(models: Models, args) -> None:
-    """Compile the transformer as the trainer does with `torch_compile=True` (kept across cases of one kind)."""
-    kind = (args.compile, args.compile_backend)
-    if kind == models.compile_kind:
-        return
-    models.compiled, models.compile_kind = None, kind
-    # Static shapes: the rollout (batch B, no gradient) and the training call (batch 2B) each get their own graph.
-    if args.compile == "regions":
-        from accelerate.utils import compile_regions
-
-        models.compiled = compile_regions(models.transformer, backend=args.compile_backend, dynamic=False)
-    elif args.compile == "model":
-        models.compiled = torch.compile(models.transformer, backend=args.compile_backend, dynamic=False)
-
-
-def make_optimizer(params, args, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with the recipe's settings; fused, as the Trainer's default `adamw_torch_fused`."""
-    kwargs = dict(lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
-    try:
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    except (RuntimeError, ValueError):  # no fused kernel for this device / dtype
-        return torch.optim.AdamW(params, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _bytes(tensors) -> int:
-    return int(sum(t.numel() * t.element_size() for t in tensors))
-
-
-def _module_params(module) -> int:
-    return int(sum(p.numel() for p in module.parameters())) if module is not None else 0
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
-def peak_tflops_for(device: torch.device, override: float | None) -> float | None:
-    if override is not None:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in KNOWN_PEAKS.items() if k in name), None)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("diffusers", "transformers", "peft", "accelerate", "srpo-trl"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def peak_rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
-class PhaseTimer:
-    """Wall time (between device synchronisations) and peak allocated memory of each phase of one step."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-        self.peak: dict[str, int | None] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        _sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        yield
-        _sync(self.device)
-        self.seconds[name] = time.perf_counter() - start
-        self.peak[name] = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------- the step
@@ -596,50 +373,6 @@ def count_forward_flops(ctx: StepContext) -> dict[str, int]:
     return out
 
 
-def model_flops(forward: dict[str, int], rollout_steps: int, full: bool) -> dict[str, int]:
-    bwd = 2 if full else 1
-    rollout = rollout_steps * forward["transformer_forward_B"]
-    step = (
-        rollout
-        + (1 + bwd) * forward["transformer_forward_2B"]
-        + 2 * forward["vae_decode_forward_2B"]
-        + forward["reward_forward_2B"]
-        + forward["reward_image_forward_2B"]
-    )
-    return {"rollout": rollout, "step": step, "transformer_backward_factor": bwd}
-
-
-def flux_transformer_params(num_layers: int = 19, num_single_layers: int = 38) -> int:
-    """Parameters of FLUX.1-dev's transformer (with these block counts), counted on the meta device."""
-    from diffusers import FluxTransformer2DModel
-
-    with torch.device("meta"):
-        model = FluxTransformer2DModel(
-            num_layers=num_layers, num_single_layers=num_single_layers, guidance_embeds=True
-        )  # the class defaults are FLUX.1-dev's architecture
-    return _module_params(model)
-
-
-def full_finetune_memory_estimate(num_params: int, cards: int = 8) -> dict[str, int | str]:
-    """Bytes of the transformer's weights, gradients and AdamW states for full fine-tuning (activations,
-    VAE, reward and text encoders excluded)."""
-    n = int(num_params)
-    pure_bf16 = {"params_bf16": 2 * n, "grads_bf16": 2 * n, "adamw_states_bf16": 4 * n}
-    mixed = {"params_bf16_compute": 2 * n, "master_fp32": 4 * n, "grads_fp32": 4 * n, "adamw_states_fp32": 8 * n}
-    sharded = mixed["master_fp32"] + mixed["grads_fp32"] + mixed["adamw_states_fp32"]
-    return {
-        "num_params": n,
-        "pure_bf16": {**pure_bf16, "total": sum(pure_bf16.values())},
-        "fp32_master_mixed": {**mixed, "total": sum(mixed.values())},
-        f"fsdp_{cards}_cards_per_card": sharded // cards,
-        "fsdp_note": (
-            f"FULL_SHARD over {cards} cards: fp32 master, fp32 grads and AdamW states sharded (16 bytes/param / "
-            f"{cards}); plus per card the bf16 copy of the blocks being gathered (about 2 blocks), the frozen VAE, "
-            "reward and text encoders, and activations"
-        ),
-    }
-
-
 # -------------------------------------------------------------------------------------------------- case
 
 
@@ -788,150 +521,17 @@ def summary(record: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------- trainer vs bare loop
-
-
-def compare_trainer(args) -> dict:
-    """Median step time of `SRPOTrainer.train()` against a bare loop of the same maths, tiny model, one run.
-
-    The bare loop is what a hand-written script would do per step: look up the prompts' cached text embeddings,
-    rollout, both branches in one transformer call, decode, SRP rewards, hinge loss, `loss.backward()`,
-    `clip_grad_norm_`, fused AdamW step, `zero_grad`, on its own copy of the same model and config. The
-    trainer's step is timed by a callback from `on_step_begin` to `on_step_end`, and the bare steps are
-    interleaved with the trainer's: the callback runs one bare step after each trainer step (outside the
-    trainer's timed window), so both see the same machine at the same moments (a shared machine's load drifts
-    by 10 % and more between runs a minute apart).
-    """
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-
-    from srpo_trl import SRPOConfig, SRPOTrainer
-    from srpo_trl.testing import tiny_clip_reward, tiny_flux_pipeline
-
-    device = torch.device(args.device)
-    n_steps = args.warmup + args.repeats
-    size = (args.resolution, args.resolution)
-
-    # ---- bare loop
-    torch.manual_seed(args.seed)
-    bare_models = build_models(args)
-    set_checkpointing(bare_models, args)
-    bare_ctx = make_context(bare_models, args, make_optimizer(bare_models.trainable, args, device))
-    adapter, transformer = bare_models.adapter, bare_models.transformer
-    # Text conditioning cached per prompt on the host, stacked and moved per step (as the trainer's cache does).
-    cache = {}
-    for prompt in bare_ctx.prompts:
-        cache[prompt] = {k: v[0].cpu() for k, v in adapter.encode_prompts([prompt], device).items()}
-
-    def bare_step(step_index: int) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        with bare_ctx.autocast():
-            entries = [cache[p] for p in bare_ctx.prompts]
-            text = {k: torch.stack([e[k] for e in entries]).to(device) for k in entries[0]}
-            bare_ctx.text = text
-            generator = torch.Generator().manual_seed(step_index)
-            eps = adapter.sample_noise(len(bare_ctx.prompts), *size, generator, device)
-            x0 = bare_ctx.step.rollout(transformer, eps, text)
-            batch = len(bare_ctx.prompts)
-            levels = bare_ctx.step.draw_levels(generator, batch, 0, batch)
-            words = control_words(step_index)
-            loss = sum(bare_ctx.step.losses(transformer, x0, eps, text, bare_ctx.prompts, levels, words).values())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(bare_models.trainable, args.max_grad_norm)
-        bare_ctx.optimizer.step()
-        bare_ctx.optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        return time.perf_counter() - start
-
-    # ---- SRPOTrainer, with one bare step after each of its steps
-    class Interleave(TrainerCallback):
-        def __init__(self):
-            self.trainer_s: list[float] = []  # on_step_begin -> on_step_end
-            self.bare_s: list[float] = []
-            self._begin = 0.0
-
-        def on_step_begin(self, *a, **k):
-            _sync(device)
-            self._begin = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            _sync(device)
-            self.trainer_s.append(time.perf_counter() - self._begin)
-            self.bare_s.append(bare_step(len(self.bare_s)))
-
-    torch.manual_seed(args.seed)
-    pipe = tiny_flux_pipeline(args.seed, dtype=_dtype(args.dtype)).to(device)
-    scratch = tempfile.TemporaryDirectory(prefix="srpo_bench_")
-    config = SRPOConfig(
-        output_dir=scratch.name,  # nothing is saved; removed at the end
-        max_steps=n_steps,
-        resolution=args.resolution,
-        rollout_steps=args.rollout_steps,
-        max_sequence_length=args.max_sequence_length,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        max_grad_norm=args.max_grad_norm,
-        positive_control_words=POSITIVE_WORDS,
-        negative_control_words=NEGATIVE_WORDS,
-        transformer_gradient_checkpointing=args.transformer_checkpointing,
-        vae_gradient_checkpointing=args.vae_checkpointing,
-        bf16=args.dtype == "bfloat16",
-        use_cpu=device.type == "cpu",
-        logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        seed=args.seed,
-    )
-    timer = Interleave()
-    prompts = [{"prompt": PROMPTS[i % len(PROMPTS)]} for i in range(max(len(PROMPTS), args.batch_size))]
-    trainer = SRPOTrainer(
-        pipe,
-        tiny_clip_reward(args.seed, scale=1.0, name="hps", dtype=_dtype(args.reward_dtype)),
-        args=config,
-        train_dataset=_dataset(prompts),
-        callbacks=[timer],
-        peft_config=None if args.full else LoraConfig(r=args.lora_rank, lora_alpha=args.lora_rank),
-    )
-    trainer.train()
-    scratch.cleanup()
-    trainer_s, bare_s = timer.trainer_s[args.warmup :], timer.bare_s[args.warmup :]
-    trainer_median, bare_median = _median(trainer_s), _median(bare_s)
-    return {
-        "benchmark": "trainer_overhead",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "versions": versions(),
-        "config": {k: v for k, v in vars(args).items()},
-        "trainer_step_median_s": trainer_median,
-        "trainer_step_all_s": trainer_s,
-        "bare_step_median_s": bare_median,
-        "bare_step_all_s": bare_s,
-        "ratio": trainer_median / bare_median,
-        "paired_ratio_median": _median([t / b for t, b in zip(trainer_s, bare_s)]),
-        "target_ratio": 1.10,
-        "trainer_caches_text": hasattr(trainer, "text_cache"),
-        "note": "same model and config, steps interleaved; the bare loop looks up cached text embeddings (the "
-        "trainer caches them when trainer_caches_text is true, else it encodes per step)",
-    }
-
-
-def _dataset(rows: list[dict]):
-    """A `datasets.Dataset` when the package is there, else the plain list (the Trainer takes both)."""
-    try:
-        from datasets import Dataset
-    except ImportError:
-        return rows
-    return Dataset.from_list(rows)
-
-
 # -------------------------------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.compare_trainer:
+        # Its module imports this one by name: run as a script, this module is `__main__`, so register it under its
+        # name first, or the import would run this file a second time.
+        sys.modules.setdefault("bench_step", sys.modules[__name__])
+        from bench_trainer_overhead import compare_trainer
+
         record = compare_trainer(args)
     else:
         record = run_case(args)

@@ -10,9 +10,7 @@ peft 0.21.2, datasets 5.2.0 with dill and multiprocess, and srpo-trl itself (dat
 fail to import against the machine's pyarrow, it is hidden and the cases use plain lists of prompts). Rebuild the srpo-trl wheel right
 before the run, so that it holds the code under test:
 
-    rm -rf build .whl/srpo_trl-*.whl && python3 -m pip wheel --no-deps -w .whl .
-
-(`build/` goes too: setuptools would otherwise reuse stale files from it.)
+    rm -rf build .whl/srpo_trl-*.whl && python3 -m pip wheel --no-deps -w .whl .  # build/: stale files otherwise
 
 Everything is written under `$OUT` (default `./gpu_out`): `gpu_validation.json` (rewritten after every case,
 so a run cut short keeps what it finished), `bench_step.jsonl` (one `bench_step` record per benchmark case)
