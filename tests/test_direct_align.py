@@ -103,7 +103,7 @@ def test_per_sample_levels_broadcast():
 def test_euler_sample_with_oracle_reaches_x0():
     x0, eps = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
     sigmas = da.shifted_grid(7, 3.0).float()
-    out = da.euler_sample(lambda x, s: eps - x0, eps, sigmas)
+    out = da.euler_sample(lambda x, s, _: eps - x0, eps, sigmas)
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 

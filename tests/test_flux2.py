@@ -33,7 +33,7 @@ def _our_images(pipe, adapter, prompts, steps, guidance, seed=3):
     eps = adapter.sample_noise(len(prompts), 64, 64, torch.Generator().manual_seed(seed), torch.device("cpu"))
     shift = math.exp(flux2_empirical_mu(16, steps))  # the stock pipeline's mu for 4x4 tokens and `steps` steps
     x0 = direct_align.euler_sample(
-        lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance, 64, 64),
+        lambda x, s, _: adapter.velocity(pipe.transformer, x, s, text, guidance, 64, 64),
         eps,
         direct_align.shifted_grid(steps, shift).float(),
     )

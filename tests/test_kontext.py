@@ -111,7 +111,9 @@ def test_generate_takes_a_reference_of_any_size_as_the_data_pipeline_resizes_it(
 
     from srpo_trl.data import image_to_tensor
 
-    trainer = SRPOTrainer(kontext(tiny_colour_flux_pipeline(0)), ColorWordReward(), args=config(), train_dataset=_data(1))
+    trainer = SRPOTrainer(
+        kontext(tiny_colour_flux_pipeline(0)), ColorWordReward(), args=config(), train_dataset=_data(1)
+    )
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 112, 3), dtype=np.uint8))  # 112 x 80
     as_trained = trainer.generate(["a cat"], reference_images=image_to_tensor(picture, 64, 64)[None])
     from_pil = trainer.generate(["a cat"], reference_images=[picture])

@@ -57,7 +57,7 @@ def test_stock_sampler_and_qwen_image_adapter_agree(guidance_scale):
     eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
     with torch.no_grad():
         x0 = direct_align.euler_sample(
-            lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64), eps, sigmas
+            lambda x, s, _: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64), eps, sigmas
         )
         ours = adapter.decode(x0, 64, 64)
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)

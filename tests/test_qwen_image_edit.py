@@ -77,7 +77,7 @@ def rollout_images(pipe, adapter, prompts, refs, guidance_scale, seed):
     text = adapter.add_reference(text, as_tensor(refs), 64, 64)
     eps = adapter.sample_noise(len(prompts), 64, 64, torch.Generator().manual_seed(seed), torch.device("cpu"))
     x0 = direct_align.euler_sample(
-        lambda x, s: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64),
+        lambda x, s, _: adapter.velocity(pipe.transformer, x, s, text, guidance_scale, 64, 64),
         eps,
         pipe.scheduler.sigmas.float(),
     )

@@ -214,7 +214,7 @@ def test_stock_sampler_and_adapter_agree(tiny_pipe):
     text = adapter.encode_prompts(prompts, torch.device("cpu"))
     eps = adapter.sample_noise(2, 64, 64, torch.Generator().manual_seed(3), torch.device("cpu"))
     x0 = direct_align.euler_sample(
-        lambda x, s: adapter.velocity(tiny_pipe.transformer, x, s, text, 3.5, 64, 64),
+        lambda x, s, _: adapter.velocity(tiny_pipe.transformer, x, s, text, 3.5, 64, 64),
         eps,
         direct_align.shifted_grid(4, 3.0).float(),
     )

@@ -54,20 +54,31 @@ def recover_x0(x: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor:
 
 
 def euler_sample(
-    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], eps: torch.Tensor, sigmas: torch.Tensor
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    eps: torch.Tensor,
+    sigmas: torch.Tensor,
 ) -> torch.Tensor:
     """Integrate from `eps` at `sigmas[0]` down the grid `sigmas` with Euler steps.
 
-    `velocity_fn(x, sigma)` receives `sigma` as a `[B]` tensor. `sigmas` is a 1-D tensor; it is
-    read on the host once, so the loop itself never synchronises with the device.
+    `velocity_fn(x, sigma, target)` receives the step's level and the level it goes to (the next one on the grid,
+    which a flow map needs) as `[B]` tensors. `sigmas` is a 1-D tensor; it is read on the host once, so the loop
+    itself never synchronises with the device.
     """
     levels = sigmas.tolist()
     x = eps
     batch = eps.shape[0]
     for a, b in zip(levels[:-1], levels[1:]):
         sigma = torch.full((batch,), a, device=eps.device, dtype=torch.float32)
-        x = x + (b - a) * velocity_fn(x, sigma).to(x.dtype)
+        target = torch.full((batch,), b, device=eps.device, dtype=torch.float32)
+        x = x + (b - a) * velocity_fn(x, sigma, target).to(x.dtype)
     return x
+
+
+def flow_map_target(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The level a flow map is told a Direct-Align step jumps to: the end of a step down (the denoise branch), and
+    for a step up (the inversion branch, which a flow map never learned) the start itself, so that it gives its
+    instantaneous velocity."""
+    return torch.where(end < start, end, start)
 
 
 def hinge_loss(reward: torch.Tensor, threshold: float) -> torch.Tensor:

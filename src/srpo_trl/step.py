@@ -92,8 +92,8 @@ class SRPOStep:
         """Clean latents `x0` from `eps` along the shifted rollout grid, without gradient."""
         guidance = self.rollout_guidance_scale if guidance_scale is None else guidance_scale
 
-        def velocity(x, sigma):
-            return self.adapter.velocity(model, x, sigma, text, guidance, self.height, self.width)
+        def velocity(x, sigma, target):
+            return self.adapter.velocity(model, x, sigma, text, guidance, self.height, self.width, target=target)
 
         return direct_align.euler_sample(velocity, eps, self.rollout_sigmas)
 
@@ -120,8 +120,9 @@ class SRPOStep:
     def recover(self, model, branches: BranchBatch) -> torch.Tensor:
         """One Euler step of each branch WITH gradient, then the exact recovery of `x0` from the noise."""
         b = branches
+        target = direct_align.flow_map_target(b.start, b.end)  # read by flow maps only
         v = self.adapter.velocity(
-            model, b.x_start, b.start, b.text, self.train_guidance_scale, self.height, self.width
+            model, b.x_start, b.start, b.text, self.train_guidance_scale, self.height, self.width, target=target
         )
         x_end = direct_align.euler_step(b.x_start, v.float(), b.start, b.end)
         return direct_align.recover_x0(x_end, b.eps, b.end)

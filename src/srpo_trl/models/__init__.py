@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .base import ModelAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
+from .flux3 import Flux3Adapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
@@ -57,6 +58,9 @@ PIPELINES: dict[str, PipelineSupport] = {
     "Flux2KleinKVPipeline": PipelineSupport(
         Flux2Adapter, "Flux2KleinPipeline", sampler_config={"is_distilled": True}, takes_guidance=False
     ),
+    # FLUX.3 [klein], base and step-distilled (a flow map): diffusers ships it only as a modular pipeline.
+    "Flux3ModularPipeline": PipelineSupport(Flux3Adapter, "Flux3ModularPipeline"),
+    "Flux3DistilledModularPipeline": PipelineSupport(Flux3Adapter, "Flux3DistilledModularPipeline"),
     # Qwen-Image and its editing models.
     "QwenImagePipeline": PipelineSupport(QwenImageAdapter, "QwenImagePipeline"),
     "QwenImageEditPipeline": PipelineSupport(QwenImageEditAdapter, "QwenImageEditPipeline"),
@@ -86,10 +90,6 @@ REFUSED: dict[str, str] = {
     "Flux2ModularPipeline": _MODULAR.format("Flux2Pipeline"),
     "Flux2KleinModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
     "Flux2KleinBaseModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
-    "Flux3ModularPipeline": "FLUX.3 [klein] (Qwen3-VL text encoding, diffusers' guider) has no adapter yet, and "
-    "diffusers ships it only as a modular pipeline",
-    "Flux3DistilledModularPipeline": "the step-distilled FLUX.3 [klein] is a flow map (each transformer call also "
-    "takes the level it jumps to), which the adapters do not pass yet; diffusers ships it only as a modular pipeline",
     "FluxFillPipeline": _CONDITIONED.format(
         "the masked image's latents and the mask (FLUX.1 Fill, 384 input channels)"
     ),
@@ -167,6 +167,7 @@ __all__ = [
     "REFUSED",
     "PipelineSupport",
     "Flux2Adapter",
+    "Flux3Adapter",
     "FluxAdapter",
     "FluxKontextAdapter",
     "ModelAdapter",

@@ -66,8 +66,14 @@ class ModelAdapter(Protocol):
         guidance_scale: float,
         height: int,
         width: int,
+        target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The transformer's velocity `v ~ eps - x0` at per-sample levels `sigma` (`[B]`, in [0, 1])."""
+        """The transformer's velocity `v ~ eps - x0` at per-sample levels `sigma` (`[B]`, in [0, 1]).
+
+        `target` (`[B]`) is the level the step goes to. Only a flow map (a step-distilled model whose transformer
+        takes the level it jumps to, FLUX.3 [klein] distilled) reads it; other families ignore it. Callers pass the
+        next level in the rollout, the recovery level in Direct-Align's denoise branch, and the current level itself
+        in the inversion branch (a step up, which a flow map never learned: its instantaneous velocity)."""
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Decode latents to float32 images `[B, 3, H, W]` in [0, 1], differentiably."""

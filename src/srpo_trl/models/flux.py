@@ -78,7 +78,7 @@ class FluxAdapter(AdapterBase):
         eps = torch.randn((batch_size, self.latent_channels, lh, lw), generator=generator, device=generator.device)
         return pack_latents(eps).to(device)
 
-    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
         lh, lw = self._latent_size(height, width)
         image_ids = self._image_ids(lh, lw, latents.device)
         return self._call_transformer(transformer, latents, image_ids, sigma, text, guidance_scale)

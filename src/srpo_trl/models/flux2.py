@@ -134,7 +134,7 @@ class Flux2Adapter(AdapterBase):
         eps = torch.randn(shape, generator=generator, device=generator.device)  # as Flux2Pipeline draws it
         return self._pack(eps).to(device)
 
-    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
         conditional = self._call_transformer(transformer, latents, sigma, text, "", guidance_scale, height, width)
         if not (self.classifier_free_guidance and guidance_scale > 1):
             return conditional

@@ -35,7 +35,7 @@ class FluxKontextAdapter(FluxAdapter):
         batch = latents.shape[0]
         return {**conditioning, "reference_latents": latents, "reference_ids": ids.expand(batch, -1, -1)}
 
-    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
         reference = text.get("reference_latents")
         if reference is None:
             raise ValueError("FluxKontextAdapter.velocity: the conditioning has no reference image latents")

@@ -201,7 +201,7 @@ class QwenImageAdapter(AdapterBase):
         )[:, :tokens]
         return rescaled_cfg(conditional, unconditional, guidance_scale)
 
-    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
         img_shapes = self._img_shapes(latents.shape[0], height, width)
         return self._guided_velocity(transformer, latents, sigma, text, guidance_scale, img_shapes, latents.shape[1])
 

@@ -117,7 +117,7 @@ class QwenImageEditAdapter(QwenImageAdapter):
         grid = torch.tensor([rows, cols], device=latents.device).expand(latents.shape[0], 2)
         return {**conditioning, "reference_latents": latents, "reference_grid": grid}
 
-    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width) -> torch.Tensor:
+    def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
         reference = text.get("reference_latents")
         if reference is None:
             raise ValueError(f"{type(self).__name__}.velocity: the conditioning has no reference image latents")

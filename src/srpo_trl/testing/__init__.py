@@ -256,7 +256,7 @@ def tiny_clip_model(seed: int = 0, hidden_size: int = 32, image_size: int = 224)
 
 def tiny_clip_reward(seed: int = 0, **kwargs):
     """A [`~srpo_trl.rewards.CLIPReward`] over [`tiny_clip_model`]; `kwargs` go to `CLIPReward`."""
-    from .rewards import CLIPReward
+    from ..rewards import CLIPReward
 
     model, tokenizer = tiny_clip_model(seed)
     return CLIPReward(model, tokenizer, **kwargs)
@@ -270,7 +270,7 @@ def tiny_srpo_config(output_dir: str, **overrides):
     """An `SRPOConfig` for the tiny pipelines on a CPU: 64 px, 4 rollout steps, 32 text tokens, the control words
     +"blue" / -"red" (which `ColorWordReward` understands), no checkpointing, logging every step, nothing saved
     unless `overrides` say so."""
-    from .config import SRPOConfig
+    from ..config import SRPOConfig
 
     kwargs = dict(
         output_dir=output_dir,
@@ -594,3 +594,6 @@ def tiny_variant_pipeline(name: str, seed: int = 0):
     if name not in bases:
         raise ValueError(f"tiny_variant_pipeline: {name!r} is not one of {sorted(bases)}")
     return getattr(diffusers, name).from_pipe(bases[name](seed))
+
+
+from .flux3 import tiny_flux3_pipeline  # noqa: E402, F401  (built on the tokenizers above; public here)
