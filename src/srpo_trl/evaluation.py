@@ -33,8 +33,14 @@ class EvalSettings:
 
 
 def _load_transformer(pipeline, source: str) -> None:
+    from .modular import is_modular
+
     cls = type(pipeline.transformer)
-    pipeline.transformer = cls.from_pretrained(source, subfolder="transformer", torch_dtype=pipeline.dtype)
+    transformer = cls.from_pretrained(source, subfolder="transformer", torch_dtype=pipeline.transformer.dtype)
+    if is_modular(pipeline):
+        pipeline.update_components(transformer=transformer)
+    else:
+        pipeline.transformer = transformer
 
 
 def load_result(pipeline, result: str) -> str:
@@ -66,11 +72,18 @@ def load_result(pipeline, result: str) -> str:
 def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tensor:
     """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`."""
     from .models import adapter_class, get_adapter
+    from .modular import is_modular, modular_images
 
     family = adapter_class(type(pipeline))
     guidance = settings.guidance_scale
     if guidance is None:  # the family's inference default (FLUX.2 [klein]'s depends on the model: base or distilled)
         guidance = get_adapter(pipeline).default_guidance["sample"]
+    if is_modular(pipeline):  # FLUX.3: the stock modular loop, one prompt a call
+        return modular_images(
+            pipeline, prompts, height=settings.resolution, width=settings.resolution,
+            steps=settings.num_inference_steps, guidance=guidance, max_sequence_length=settings.max_sequence_length,
+            seed=settings.seed,
+        )  # fmt: skip
     images = []
     for i, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start : start + settings.batch_size]
@@ -142,9 +155,8 @@ def run_eval(
     stops the evaluation before any model loads, unless `overwrite_output_dir` is set: then this evaluation's two
     files replace their namesakes, and nothing else there is touched.
     """
-    from diffusers import DiffusionPipeline
-
     from .output_folder import refuse_previous_result
+    from .preparation import load_pipeline
 
     refuse_previous_result(
         output_dir,
@@ -166,7 +178,7 @@ def run_eval(
         raise ValueError("srpo-trl eval: a text-conditioned reward needs positive and negative control words")
     # A variant (Img2Img, Inpaint, KV) is scored as the text-to-image model it holds: the family's own pipeline over
     # the same components.
-    pipeline = sampling_pipeline(DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)).to(device)
+    pipeline = sampling_pipeline(load_pipeline(model, {"torch_dtype": dtype})).to(device)
     family = adapter_class(type(pipeline))
     if family.requires_reference_image:
         raise ValueError(f"srpo-trl eval scores text-to-image pipelines; {type(pipeline).__name__} edits images")

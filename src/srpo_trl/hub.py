@@ -116,7 +116,9 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
         **guidance_kwargs,
         "max_sequence_length": settings.max_sequence_length,
     }
-    lines = [json.dumps(settings.prompt) + ","] + list(support.inputs)
+    prompt = json.dumps(settings.prompt)
+    # A modular pipeline's first positional argument is its state: the prompt goes by name.
+    lines = [f"prompt={prompt}," if support.modular else f"{prompt},"] + list(support.inputs)
     lines += [f"{k}={v!r}," for k, v in arguments.items() if v is not None]
     return "".join(f"\n    {line}" for line in lines) + "\n"
 
@@ -133,6 +135,10 @@ def _loading_snippet(
     """How to load the result in a stock diffusers pipeline and make an image as the run's samples were made; the full
     fine-tune's transformer class is the family's, and the guidance is given as the family's pipeline takes it
     (Qwen-Image: true CFG with a negative prompt)."""
+    if _support(pipeline_class).modular:
+        return _modular_loading_snippet(
+            base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance, settings
+        )
     dtype = f"torch.{settings.dtype}"
     to_device = "" if settings.device == "cpu" else f'.to("{settings.device}")'
     prompt_line = f"image = pipe({_call_arguments(pipeline_class, settings, guidance)}).images[0]"
@@ -159,6 +165,45 @@ pipe.load_lora_weights("{repo_or_dir}")
 transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype={dtype})
 {load_base_with_transformer}
 {prompt_line}"""
+
+
+def _modular_loading_snippet(
+    base_model: str | None,
+    repo_or_dir: str,
+    lora: bool,
+    pipeline_class: str,
+    transformer_class: str,
+    guidance: float,
+    settings: InferenceSettings,
+) -> str:
+    """The same for a diffusers `ModularPipeline`: `ModularPipeline.from_pretrained` and `load_components`, the prompt
+    upsampler left out (FLUX.3's default blocks rewrite every prompt; training never did), the guidance through the
+    pipeline's guider where the family has one, and `output="images"`."""
+    dtype = f"torch.{settings.dtype}"
+    if base_model is None:
+        lines = [f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"]
+    else:
+        lines = [
+            f'pipe = ModularPipeline.from_pretrained("{base_model}")',
+            'pipe.blocks.sub_blocks.pop("prompt_upsampler", None)  # srpo-trl trains and samples without it',
+            f"pipe.load_components(torch_dtype={dtype})",
+        ]
+        if settings.device != "cpu":
+            lines.append(f'pipe.to("{settings.device}")')
+    imports = "import torch\nfrom diffusers import ModularPipeline"
+    if lora:
+        lines.append(f'pipe.load_lora_weights("{repo_or_dir}")')
+    else:
+        imports += f", {transformer_class}"
+        lines.append(
+            f'pipe.update_components(transformer={transformer_class}.from_pretrained("{repo_or_dir}", '
+            f'subfolder="transformer", torch_dtype={dtype}))'
+        )
+    call = _call_arguments(pipeline_class, settings, guidance)
+    if not _support(pipeline_class).adapter.pipeline_guidance_kwargs(guidance) and guidance != 1:
+        lines.append(f"pipe.update_components(guider=pipe.guider.new(guidance_scale={guidance!r}))")
+    lines.append(f'image = pipe({call}    output="images",\n)[0]')
+    return imports + "\n\n" + "\n".join(lines)
 
 
 def build_model_card(

@@ -27,10 +27,13 @@ logger = logging.getLogger(__name__)
 
 
 def load_pipeline(model, model_init_kwargs: dict | None):
-    """A diffusers pipeline object as is, or one loaded from a hub id / local path."""
+    """A diffusers pipeline object as is, or one loaded from a hub id / local path: a classic pipeline, or a modular
+    one (a folder with `modular_model_index.json` only, or a hub repo without a classic index, as FLUX.3's)."""
     if not isinstance(model, str):
         return model
     from diffusers import DiffusionPipeline
+
+    from .modular import has_modular_index, load_modular_pipeline
 
     if os.path.isdir(model):
         check_model_index(model)  # an unsupported family fails before gigabytes of weights load
@@ -38,7 +41,17 @@ def load_pipeline(model, model_init_kwargs: dict | None):
     dtype = kwargs.get("torch_dtype")
     if isinstance(dtype, str) and dtype != "auto":
         kwargs["torch_dtype"] = getattr(torch, dtype)
-    return DiffusionPipeline.from_pretrained(model, **kwargs)
+    if os.path.isdir(model) and has_modular_index(model):
+        return load_modular_pipeline(model, kwargs.get("torch_dtype"))
+    try:
+        return DiffusionPipeline.from_pretrained(model, **kwargs)
+    except OSError as classic_error:  # no model_index.json: a repo that diffusers ships only as a modular pipeline
+        if os.path.isdir(model):
+            raise
+        try:
+            return load_modular_pipeline(model, kwargs.get("torch_dtype"))
+        except Exception:  # noqa: BLE001 - report the classic loader's error, the usual case
+            raise classic_error from None
 
 
 def check_output_dir(path: str) -> None:

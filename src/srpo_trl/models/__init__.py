@@ -33,6 +33,8 @@ class PipelineSupport:
     inputs: tuple[str, ...] = ()
     #: Whether the class's `__call__` takes the family's guidance keywords.
     takes_guidance: bool = True
+    #: A diffusers `ModularPipeline` (loaded with `ModularPipeline.from_pretrained`, called with `output="images"`).
+    modular: bool = False
 
 
 _IMAGE = 'image=load_image("input.png"),  # the image to start from'
@@ -58,9 +60,21 @@ PIPELINES: dict[str, PipelineSupport] = {
     "Flux2KleinKVPipeline": PipelineSupport(
         Flux2Adapter, "Flux2KleinPipeline", sampler_config={"is_distilled": True}, takes_guidance=False
     ),
-    # FLUX.3 [klein], base and step-distilled (a flow map): diffusers ships it only as a modular pipeline.
-    "Flux3ModularPipeline": PipelineSupport(Flux3Adapter, "Flux3ModularPipeline"),
-    "Flux3DistilledModularPipeline": PipelineSupport(Flux3Adapter, "Flux3DistilledModularPipeline"),
+    # diffusers' modular pipelines of those families: the adapter reads the classic `sampler` pipeline built over the
+    # modular pipeline's own components (`srpo_trl.modular.classic_view`).
+    "FluxModularPipeline": PipelineSupport(FluxAdapter, "FluxPipeline", modular=True),
+    "FluxKontextModularPipeline": PipelineSupport(FluxKontextAdapter, "FluxKontextPipeline", modular=True),
+    "Flux2ModularPipeline": PipelineSupport(Flux2Adapter, "Flux2Pipeline", modular=True),
+    "Flux2KleinModularPipeline": PipelineSupport(
+        Flux2Adapter, "Flux2KleinPipeline", sampler_config={"is_distilled": True}, modular=True
+    ),
+    "Flux2KleinBaseModularPipeline": PipelineSupport(
+        Flux2Adapter, "Flux2KleinPipeline", sampler_config={"is_distilled": False}, modular=True
+    ),
+    # FLUX.3 [klein], base and step-distilled (a flow map): diffusers ships it only as a modular pipeline, which its
+    # adapter reads directly.
+    "Flux3ModularPipeline": PipelineSupport(Flux3Adapter, "Flux3ModularPipeline", modular=True),
+    "Flux3DistilledModularPipeline": PipelineSupport(Flux3Adapter, "Flux3DistilledModularPipeline", modular=True),
     # Qwen-Image and its editing models.
     "QwenImagePipeline": PipelineSupport(QwenImageAdapter, "QwenImagePipeline"),
     "QwenImageEditPipeline": PipelineSupport(QwenImageEditAdapter, "QwenImageEditPipeline"),
@@ -70,10 +84,6 @@ PIPELINES: dict[str, PipelineSupport] = {
 #: Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
 ADAPTERS: dict[str, type] = {name: support.adapter for name, support in PIPELINES.items()}
 
-_MODULAR = (
-    "diffusers' modular pipelines are not supported yet; the same checkpoint loads as the classic {0}, which "
-    "srpo-trl trains: {0}.from_pretrained(...)"
-)
 _CONDITIONED = (
     "its transformer takes {0} besides the text, which srpo-trl does not feed yet (planned with rewards that keep the "
     "condition); to train the base FLUX.1 transformer, load FluxPipeline from the base checkpoint"
@@ -85,11 +95,6 @@ _CHROMA = (
 
 #: Pipeline classes named like a family srpo-trl knows that it does not train, with the reason and what to use.
 REFUSED: dict[str, str] = {
-    "FluxModularPipeline": _MODULAR.format("FluxPipeline"),
-    "FluxKontextModularPipeline": _MODULAR.format("FluxKontextPipeline"),
-    "Flux2ModularPipeline": _MODULAR.format("Flux2Pipeline"),
-    "Flux2KleinModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
-    "Flux2KleinBaseModularPipeline": _MODULAR.format("Flux2KleinPipeline"),
     "FluxFillPipeline": _CONDITIONED.format(
         "the masked image's latents and the mask (FLUX.1 Fill, 384 input channels)"
     ),
@@ -126,13 +131,18 @@ def adapter_class(pipeline_class: type) -> type:
 
 def sampling_pipeline(pipeline):
     """The family's own pipeline over `pipeline`'s components (itself when it is that class): what `srpo-trl eval`
-    samples with, so that a variant (Img2Img, Inpaint, KV) is scored as the text-to-image model it holds."""
+    samples with and what the adapter reads, so that a variant (Img2Img, Inpaint, KV) or a modular pipeline of a family
+    with a classic one is treated as the text-to-image model it holds."""
     import diffusers
+
+    from ..modular import classic_view, is_modular
 
     support = pipeline_support(type(pipeline))
     sampler = getattr(diffusers, support.sampler)
     if isinstance(pipeline, sampler) and not support.sampler_config:
         return pipeline
+    if is_modular(pipeline):
+        return classic_view(pipeline, support.sampler, support.sampler_config)
     return sampler.from_pipe(pipeline, **support.sampler_config)
 
 
@@ -142,6 +152,8 @@ def check_model_index(path: str) -> None:
     import os
 
     index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        index = os.path.join(path, "modular_model_index.json")  # a modular pipeline's
     if not os.path.isfile(index):
         return
     with open(index) as f:
@@ -157,8 +169,12 @@ def check_model_index(path: str) -> None:
 
 
 def get_adapter(pipeline, **kwargs) -> ModelAdapter:
-    """The adapter for `pipeline`, matched on its class or any of its base classes."""
-    return adapter_class(type(pipeline))(pipeline, **kwargs)
+    """The adapter for `pipeline`, matched on its class or any of its base classes. A modular pipeline of a family that
+    has a classic pipeline is read through that classic pipeline over the same components."""
+    support = pipeline_support(type(pipeline))
+    if support.modular and support.sampler != type(pipeline).__name__:
+        pipeline = sampling_pipeline(pipeline)
+    return support.adapter(pipeline, **kwargs)
 
 
 __all__ = [
