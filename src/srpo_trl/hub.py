@@ -401,7 +401,7 @@ def trainer_model_card(trainer, repo_or_dir: str) -> ModelCard:
         inference=_run_inference_settings(trainer, samples),
         samples=samples,
         sample_settings=sample_settings,
-        base_model=getattr(trainer.pipeline, "name_or_path", None) or None,
+        base_model=trainer.base_model,
         lora=lora is not None,
         repo_or_dir=repo_or_dir,
         training_summary=summary,

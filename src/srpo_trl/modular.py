@@ -53,14 +53,16 @@ def load_modular_pipeline(model: str, torch_dtype=None):
 
 
 def classic_view(pipeline, classic: str, config: dict | None = None):
-    """The classic diffusers pipeline `classic` over `pipeline`'s components (the same module objects), with `config`
-    (e.g. FLUX.2 [klein]'s `is_distilled`): what the family's adapter reads (`encode_prompt`, `save_lora_weights`)."""
+    """The classic diffusers pipeline `classic` over `pipeline`'s components (the same module objects), with the modular
+    pipeline's own config where the classic one takes it (FLUX.2 [klein]'s `is_distilled`: its blocks decide whether
+    it is the base model), else `config`: what the family's adapter reads (`encode_prompt`, `save_lora_weights`)."""
     import diffusers
 
     cls = getattr(diffusers, classic)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     components = {k: v for k, v in pipeline.components.items() if k in accepted}
-    view = cls(**components, **{k: v for k, v in (config or {}).items() if k in accepted})
+    settings = {**(config or {}), **{k: v for k, v in dict(getattr(pipeline, "config", {})).items() if k in accepted}}
+    view = cls(**components, **{k: v for k, v in settings.items() if k in accepted and k not in components})
     view.set_progress_bar_config(disable=True)
     return view
 

@@ -122,6 +122,8 @@ class SRPOTrainer(PublishingMixin, Trainer):
         self.reward_weights, self.hinge_thresholds = rewards.weights, rewards.hinge_thresholds
 
         self.pipeline = load_pipeline(model, args.model_init_kwargs)
+        # Where the base came from, for the model card (a modular pipeline records no `name_or_path`).
+        self.base_model = model if isinstance(model, str) else getattr(self.pipeline, "name_or_path", None) or None
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
         for use, guidance in self.adapter.default_guidance.items():  # unset guidance: the family's
             if getattr(args, f"{use}_guidance_scale") is None:
