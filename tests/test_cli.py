@@ -43,7 +43,15 @@ def test_train_through_accelerate_with_a_config_file(recipe, tmp_path, monkeypat
 
 
 def test_packaged_accelerate_configs_by_name():
-    for name in ("single_gpu", "multi_gpu", "fsdp2", "fsdp2_qwen_image", "deepspeed_zero2", "deepspeed_zero3"):
+    for name in (
+        "single_gpu",
+        "multi_gpu",
+        "fsdp2",
+        "fsdp2_qwen_image",
+        "fsdp2_flux3",
+        "deepspeed_zero2",
+        "deepspeed_zero3",
+    ):
         assert accelerate_config_path(name).endswith(f"{name}.yaml")
     with pytest.raises(SystemExit, match=r"'fsdp3' is neither a file nor one of \['deepspeed_zero2'"):
         accelerate_config_path("fsdp3")

@@ -18,6 +18,7 @@ CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
         ("multi_gpu", "MULTI_GPU"),
         ("fsdp2", "FSDP"),
         ("fsdp2_qwen_image", "FSDP"),
+        ("fsdp2_flux3", "FSDP"),
         ("deepspeed_zero2", "DEEPSPEED"),
         ("deepspeed_zero3", "DEEPSPEED"),
     ],
@@ -35,11 +36,19 @@ def test_accelerate_configs_load(name, distributed_type):
         assert config.mixed_precision == "bf16"
     if name.startswith("fsdp2"):
         import diffusers.models.transformers.transformer_flux as flux
+        import diffusers.models.transformers.transformer_flux3 as flux3
         import diffusers.models.transformers.transformer_qwenimage as qwen_image
 
         fsdp = config.fsdp_config
         assert fsdp["fsdp_version"] == 2
-        family = qwen_image if name.endswith("qwen_image") else flux
+        family = {"fsdp2_qwen_image": qwen_image, "fsdp2_flux3": flux3}.get(name, flux)
+        if name == "fsdp2_flux3":  # the blocks diffusers itself keeps whole and compiles regionally
+            blocks = fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")
+            assert (
+                blocks
+                == flux3.Flux3Transformer2DModel._no_split_modules
+                == flux3.Flux3Transformer2DModel._repeated_blocks
+            )
         for cls in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
             assert hasattr(family, cls), cls  # the blocks FSDP shards exist in the family's transformer
     if name.startswith("deepspeed"):

@@ -65,6 +65,63 @@ def test_our_rollout_equals_the_stock_modular_loop(case):
     torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
 
 
+def _picture(seed: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("distilled", [False, True], ids=["base-cfg", "distilled"])
+def test_with_a_reference_image_our_rollout_equals_the_stock_image_conditioned_loop(distilled):
+    """Editing: the reference's VAE tokens as their own mode (`image_cond_hidden_states`, ids with l = -1), never
+    noised; the stock loop is given the same picture as `image=`."""
+    import numpy as np
+
+    pipe = tiny_flux3_pipeline(0, distilled=distilled)
+    adapter = get_adapter(pipe)
+    reference = _picture(7)
+    pixels = torch.from_numpy(np.asarray(reference, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    eps = adapter.sample_noise(1, SIZE, SIZE, torch.Generator().manual_seed(3), torch.device("cpu"))
+    text = adapter.add_reference(adapter.encode_prompts([PROMPT], eps.device), pixels, SIZE, SIZE)
+    guidance = adapter.default_guidance["sample"]
+    x0 = direct_align.euler_sample(
+        lambda x, s, t: adapter.velocity(pipe.transformer, x, s, text, guidance, SIZE, SIZE, target=t),
+        eps,
+        _stock_grid(adapter),
+    )
+    ours = adapter.decode(x0, SIZE, SIZE)
+    latents = eps.transpose(1, 2).reshape(1, -1, SIZE // 16, SIZE // 16)
+    pipe.set_progress_bar_config(disable=True)
+    stock = pipe(prompt=PROMPT, image=reference, height=SIZE, width=SIZE, num_inference_steps=STEPS, latents=latents,
+                 output_type="pt", output="images")  # fmt: skip
+    without = _stock(pipe, latents=latents)
+    assert (stock - without).abs().max() > 1e-3  # the reference matters
+    print(f"{'distilled' if distilled else 'base'} with a reference: {(ours - stock).abs().max().item():.1e}")
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=0)
+
+
+def test_a_reference_column_makes_flux3_an_editing_run_that_steps_uphill(config):
+    data = Dataset.from_dict({"prompt": ["a cat", "a dog"], "reference_image": [_picture(1), _picture(2)]})
+    trainer = SRPOTrainer(tiny_flux3_pipeline(0), ColorWordReward(), args=config(max_steps=1,
+                          per_device_train_batch_size=2), train_dataset=data,
+                          peft_config=LoraConfig(r=4, lora_alpha=8))  # fmt: skip
+    assert trainer.adapter.requires_reference_image
+    seen = []
+    call = trainer.adapter._call
+
+    def spy(transformer, latents, sigma, target, embeds, reference, height, width):
+        seen.append(reference is not None)
+        return call(transformer, latents, sigma, target, embeds, reference, height, width)
+
+    trainer.adapter._call = spy
+    step = uphill_step(trainer)
+    assert seen and all(seen) and step.uphill, step.dots  # every call, rollout and training, saw the references
+    text_only = SRPOTrainer(tiny_flux3_pipeline(0), ColorWordReward(), args=config(),
+                            train_dataset=Dataset.from_dict({"prompt": ["a cat"]}))  # fmt: skip
+    assert not text_only.adapter.requires_reference_image
+
+
 def test_prompts_of_different_windows_share_a_batch_each_in_its_own_window():
     """A 10-token and a 110-token prompt (windows of 80 and 160 tokens): one batch gives each row exactly what that
     prompt alone gives (the transformer reads the window's padding, so padding to a common length would not)."""

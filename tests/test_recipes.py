@@ -73,3 +73,15 @@ def test_qwen_image_recipe_carries_srpos_published_qwen_values(tmp_path):
     assert (args.rho, args.denoise_discount, args.use_inversion_branch) == (0.6, [0.0, 0.0], False)
     assert (args.learning_rate, args.max_grad_norm, args.image_size) == (3e-6, 50.0, (720, 720))
     assert args.negative_control_words == ["Concept art", "Painting", "Anime"]
+
+
+@pytest.mark.parametrize(
+    "name, distilled", [("flux3_klein_base_lora.yaml", False), ("flux3_klein_distilled_lora.yaml", True)]
+)
+def test_flux3_recipes_parse_with_their_chosen_guidance_and_steps(name, distilled, tmp_path):
+    script, args, model = _parse(name, tmp_path)
+    assert model.use_peft and model.dtype == "bfloat16" and script.reward_funcs == ["hpsv2.1"]
+    assert args.rollout_steps == (16 if distilled else 25)
+    assert (args.rollout_guidance_scale, args.train_guidance_scale) == ((1.0, 1.0) if distilled else (3.5, 1.0))
+    assert (args.learning_rate, args.max_grad_norm, args.hinge_threshold) == (5e-6, 0.1, [0.7])
+    assert args.use_inversion_branch and args.time_shift is None  # the scheduler's static shift

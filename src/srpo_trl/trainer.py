@@ -125,6 +125,10 @@ class SRPOTrainer(PublishingMixin, Trainer):
         # Where the base came from, for the model card (a modular pipeline records no `name_or_path`).
         self.base_model = model if isinstance(model, str) else getattr(self.pipeline, "name_or_path", None) or None
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)
+        if self.adapter.reference_image_optional:  # FLUX.3: editing when each prompt comes with a reference image
+            self.adapter.requires_reference_image = has_image_column(
+                train_dataset, args.dataset_reference_image_column
+            )
         for use, guidance in self.adapter.default_guidance.items():  # unset guidance: the family's
             if getattr(args, f"{use}_guidance_scale") is None:
                 setattr(args, f"{use}_guidance_scale", guidance)

@@ -27,6 +27,9 @@ class ModelAdapter(Protocol):
     default_lora_target_modules: ClassVar[list[str]]
     #: Whether each prompt comes with a reference image (image editing, e.g. FLUX.1 Kontext).
     requires_reference_image: ClassVar[bool]
+    #: Whether the family edits a reference image when the dataset gives one and generates from text otherwise
+    #: (FLUX.3): the trainer then sets `requires_reference_image` on the adapter from the dataset's columns.
+    reference_image_optional: ClassVar[bool]
     #: Whether the text encoder sees the reference image too (Qwen-Image-Edit): `encode_prompts` then takes the
     #: references, and the text conditioning is made per batch instead of cached per prompt.
     text_sees_reference: ClassVar[bool]
@@ -151,6 +154,7 @@ class AdapterBase:
     no-op reference hook of text-to-image families, LoRA saving and the VAE's images mapped to [0, 1]."""
 
     requires_reference_image: ClassVar[bool] = False
+    reference_image_optional: ClassVar[bool] = False
     text_sees_reference: ClassVar[bool] = False
     #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
     #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and

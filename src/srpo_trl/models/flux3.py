@@ -10,7 +10,8 @@ encoder and processor, scheduler, guider). What FLUX.3 changes against FLUX.2, a
   windows is run as one transformer call per window length (`text_lengths`), never padded to a common length;
 - the image tokens' position ids `(0, h, w, 0)` with `h` and `w` scaled by 0.5 (the model's RoPE scale), the text's
   `(0, 0, 0, l)`, a reference image's `(0, h, w, -1)`;
-- reference images (editing) are their own token mode, `image_cond_hidden_states`: never noised, stepped or rewarded;
+- reference images (editing, when the dataset has a reference image column: one per prompt, as for Kontext) are
+  their own token mode, `image_cond_hidden_states`: never noised, stepped or rewarded;
 - guidance: the base model takes classifier-free guidance through diffusers' guider, `v_neg + g (v - v_neg)` with
   the empty prompt as the negative (encoded with its own window), two transformer calls when `g > 1`;
 - the step-distilled model is a **flow map**: every call also takes the level it jumps to (`target_timestep`), which
@@ -67,6 +68,8 @@ class Flux3Adapter(Flux2Adapter):
         "proj_out",
     ]
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+    #: Text-to-image, or editing when the dataset has a reference image column (the trainer decides).
+    reference_image_optional: ClassVar[bool] = True
 
     def __init__(self, pipeline, max_sequence_length: int = 512):
         self.pipeline = pipeline
@@ -150,8 +153,9 @@ class Flux3Adapter(Flux2Adapter):
 
     @torch.no_grad()
     def add_reference(self, conditioning, reference_images, height, width):
-        """Conditioning plus the reference images' tokens (`[B, tokens, C]`), normalised as the stock VAE encoder step
-        does; their position ids carry `l = -1`. The data pipeline gives references at the training size."""
+        """Conditioning plus the reference images' tokens (`[B, tokens, C]`, their own token mode), normalised as the
+        stock VAE encoder step does; their position ids carry `l = -1`, as the stock loop gives one reference. The
+        data pipeline gives references at the training size (a multiple of 16: no reflect-padding is needed)."""
         return {**conditioning, "reference_latents": self.encode_images(reference_images, height, width)}
 
     # --------------------------------------------------------------- velocity
