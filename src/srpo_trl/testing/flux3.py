@@ -76,7 +76,7 @@ def tiny_flux3_pipeline(seed: int = 0, *, distilled: bool = False, hidden_size: 
     from diffusers import AutoencoderKLFlux2, Flux3Transformer2DModel
     from diffusers.modular_pipelines import Flux3AutoBlocks, Flux3DistilledAutoBlocks
 
-    from . import tiny_qwen_tokenizer
+    from .qwen import tiny_qwen_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = tiny_qwen_tokenizer()
