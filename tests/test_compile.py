@@ -54,6 +54,7 @@ def test_torch_compile_wraps_the_transformer_and_trains(config, tmp_path, region
     assert any("lora" in n for n, _ in plain.transformer.named_parameters())
 
 
+@pytest.mark.extended  # compiles the blocks (about 35 s on 2 cores): the extended tier, with the regional compile test
 def test_resume_with_compiled_blocks_continues_exactly(config, tmp_path):
     """Checkpoints are written from, and loaded into, the uncompiled module that shares the compiled blocks."""
 

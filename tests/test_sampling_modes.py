@@ -64,9 +64,9 @@ def test_samples_use_the_cards_guidance_and_the_card_states_the_settings(config,
     guidance = []
     velocity = trainer.adapter.velocity
 
-    def spy(transformer, latents, sigma, text, guidance_scale, height, width):
+    def spy(transformer, latents, sigma, text, guidance_scale, height, width, target=None):
         guidance.append(guidance_scale)
-        return velocity(transformer, latents, sigma, text, guidance_scale, height, width)
+        return velocity(transformer, latents, sigma, text, guidance_scale, height, width, target=target)
 
     trainer.adapter.velocity = spy
     trainer.save_samples(["a red house"], seed=7)
