@@ -117,6 +117,7 @@ def test_a_reference_column_makes_flux3_an_editing_run_that_steps_uphill(config)
     trainer.adapter._call = spy
     step = uphill_step(trainer)
     assert seen and all(seen) and step.uphill, step.dots  # every call, rollout and training, saw the references
+    assert any("mode_blocks.image_cond." in n for n, p in trainer.model.named_parameters() if p.requires_grad)
     text_only = SRPOTrainer(tiny_flux3_pipeline(0), ColorWordReward(), args=config(),
                             train_dataset=Dataset.from_dict({"prompt": ["a cat"]}))  # fmt: skip
     assert not text_only.adapter.requires_reference_image
@@ -185,6 +186,9 @@ def test_one_step_at_the_recipe_defaults_goes_uphill_with_fp32_masters_on_a_bf16
     step = uphill_step(trainer)
     assert set(step.dots) == {"denoise", "inversion"} and step.uphill, step.dots
     assert step.dtypes == {torch.float32} and not step.unchanged_with_gradient
+    # text-to-image never calls the reference mode: no LoRA there (it would never train, and hold no optimizer state)
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert names and not any("image_cond" in n for n in names) and any("mode_blocks.image." in n for n in names)
 
 
 def _far_from_identity(model, seed=0):

@@ -67,7 +67,7 @@ def launched(tmp_path_factory):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", SCRIPT,
-        str(root / "records"), str(root / "runs"), *KINDS,
+        str(root / "records"), str(root / "runs"), *KINDS, "flux3-lora",
     ]  # fmt: skip
     # ACCELERATE_USE_CPU: accelerate's multi-process launcher, on CPUs with the gloo backend.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -150,3 +150,19 @@ def test_under_fsdp2_only_the_main_process_writes(launched):
                 # accelerate's FSDP files (FULL_STATE_DICT: gathered, written by the main process), to resume from
                 assert {"checkpoint-1/pytorch_model_fsdp.bin", "checkpoint-1/optimizer.bin"} <= present
                 assert by_others["checkpoint-1/rng_state_1.pth"] == {1}  # the Trainer's per-process RNG state
+
+
+@pytest.mark.extended
+def test_fsdp2_wraps_flux3s_blocks_and_its_sharded_steps_and_resume_equal_the_unsharded_ones(launched):
+    """FLUX.3 [klein] under FSDP2 with fsdp2_flux3.yaml's blocks: `fully_shard` wrapped each per-mode and single-stream
+    block, two sharded steps equal two DDP steps, and a resume after step 1 ends where the uninterrupted run did."""
+    ddp, sharded, resumed = (_record(launched, "flux3-lora", phase) for phase in ("ddp", "fsdp2", "resumed"))
+    assert sharded["fsdp2"] and sharded["world"] == 2
+    print("flux3-lora: classes FSDP2 wrapped:", sharded["wrapped"])
+    assert {"Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"} <= set(sharded["wrapped"])
+    assert _max_difference(sharded["initial"], ddp["initial"]) == 0.0
+    difference = _max_difference(sharded["final"], ddp["final"])
+    straight = _max_difference(resumed["final"], sharded["final"])
+    print(f"flux3-lora: FSDP2 against DDP {difference:.2e}, resumed against uninterrupted {straight:.2e}")
+    assert difference <= 1e-6 and straight <= 1e-6
+    assert _max_difference(ddp["final"], ddp["initial"]) > 1e-3

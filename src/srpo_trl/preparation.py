@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -126,6 +127,9 @@ def prepare_trainable(pipeline, adapter, args, peft_config):
         if isinstance(component, nn.Module):
             component.requires_grad_(False).eval()
     transformer = getattr(pipeline, adapter.trainable_component)
+    # Modules this run never calls (FLUX.3's reference-image mode in a text-to-image run): trainable weights there
+    # would never get a gradient, hold no optimizer state, and stop a sharded resume that expects one for each.
+    unused = adapter.unused_modules()
     if peft_config is not None:
         peft_config = copy.deepcopy(peft_config)
         check_lora_reloads(peft_config)
@@ -133,10 +137,15 @@ def prepare_trainable(pipeline, adapter, args, peft_config):
             quantize_frozen_base(transformer, args.quantize_base)
         if getattr(peft_config, "target_modules", None) is None:
             peft_config.target_modules = list(adapter.default_lora_target_modules)
+        if unused is not None and getattr(peft_config, "exclude_modules", None) is None:
+            peft_config.exclude_modules = unused
         check_lora_targets(transformer, peft_config)
         transformer.add_adapter(peft_config)  # only the LoRA parameters require grad
     else:
         transformer.requires_grad_(True)
+        for name, parameter in transformer.named_parameters():
+            if unused is not None and re.fullmatch(unused, name.rpartition(".")[0]):
+                parameter.requires_grad_(False)
     if args.transformer_gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     if args.vae_gradient_checkpointing:

@@ -3,8 +3,9 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/scripts/save_resume.py \
         RECORDS ROOT lora [full]
 
-For each kind (a LoRA, or full fine-tuning), three trainings run one after the other, each with a new pipeline,
-trainer and accelerator, in its own folder `ROOT/{kind}-{phase}`:
+For each kind (a LoRA, or full fine-tuning, of the tiny FLUX.1; `flux3-lora`: a LoRA of the tiny FLUX.3 [klein], its
+blocks wrapped as `fsdp2_flux3.yaml` does), three trainings run one after the other, each with a new pipeline, trainer
+and accelerator, in its own folder `ROOT/{kind}-{phase}`:
 
 - `ddp`: the unsharded reference, 2 steps;
 - `fsdp2`: the same 2 steps with the transformer sharded by FSDP2, and a checkpoint after the first;
@@ -112,16 +113,31 @@ class SaveAt(TrainerCallback):
         return control
 
 
+#: FLUX.3 [klein] (kind `flux3-lora`): the blocks diffusers lists in `_no_split_modules`, as fsdp2_flux3.yaml.
+FLUX3_BLOCKS = ["Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"]
+
+
+def wrapped_classes(model) -> list[str]:
+    """The classes FSDP2's `fully_shard` wrapped inside the model (it subclasses each as `FSDP<name>`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    inner = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    return sorted({type(m).__name__.removeprefix("FSDP") for m in inner})
+
+
 def train(records: str, root: str, kind: str, phase: str) -> None:
     from datasets import Dataset
     from peft import LoraConfig
 
     from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_srpo_config
+    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux3_pipeline, tiny_srpo_config
 
     fresh_accelerate_state()
     run_dir = os.path.join(root, f"{kind}-{phase}")
+    flux3 = kind.startswith("flux3")
     sharded = FSDP2 if phase != "ddp" else {}
+    if sharded and flux3:
+        sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": FLUX3_BLOCKS}}
     args = tiny_srpo_config(
         run_dir,
         max_steps=STEPS,
@@ -134,10 +150,10 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
         **sharded,
     )
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
-    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind == "lora" else None
+    lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind.endswith("lora") else None
+    pipeline = tiny_flux3_pipeline(0) if flux3 else tiny_colour_flux_pipeline(0)
     trainer = SRPOTrainer(
-        tiny_colour_flux_pipeline(0), ColorWordReward(), args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-        peft_config=lora,
+        pipeline, ColorWordReward(), args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}), peft_config=lora,
     )  # fmt: skip
     initial = trainable_weights(trainer)
     at_start = WeightsAtStart(trainer)
@@ -163,6 +179,7 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
                 "world": trainer.accelerator.num_processes,
                 "fsdp2": trainer.accelerator.is_fsdp2,
                 "model_class": type(model).__name__,
+                "wrapped": wrapped_classes(model) if trainer.accelerator.is_fsdp2 else [],
             },
             os.path.join(records, f"{kind}-{phase}.pt"),
         )

@@ -103,6 +103,10 @@ class ModelAdapter(Protocol):
     def encode_images(self, images: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Clean latents `x0` of float images `[B, 3, H, W]` in [0, 1], without gradient (offline mode)."""
 
+    def unused_modules(self) -> str | None:
+        """A regular expression (full match) of the transformer's module names this run never calls (frozen, no LoRA),
+        or `None`."""
+
     def save_lora_weights(self, output_dir: str, lora_state_dict: dict[str, torch.Tensor], lora_config) -> None:
         """Write LoRA weights and their `peft.LoraConfig` so that the family's stock diffusers pipeline's
         `load_lora_weights` rebuilds the trained model exactly."""
@@ -133,6 +137,9 @@ def lora_adapter_metadata(lora_config) -> dict:
     """
     metadata = lora_config.to_dict()
     metadata["lora_dropout"] = 0.0
+    # diffusers injects the LoRA where the saved weights are: modules excluded in training (FLUX.3's unused reference
+    # mode) have none, and an `exclude_modules` left in the config only makes peft warn that it excluded nothing.
+    metadata["exclude_modules"] = None
     return metadata
 
 
@@ -197,6 +204,11 @@ class AdapterBase:
     def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
         """Size the data pipeline gives the reference images of `height x width` training images: the same."""
         return height, width
+
+    def unused_modules(self) -> str | None:
+        """A regular expression (full match) of the transformer's module names that this run never calls, whose weights
+        therefore stay frozen and carry no LoRA; `None` when every module is used."""
+        return None
 
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning with the reference images added; text-to-image families have none."""

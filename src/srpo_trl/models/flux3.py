@@ -158,6 +158,11 @@ class Flux3Adapter(Flux2Adapter):
         data pipeline gives references at the training size (a multiple of 16: no reflect-padding is needed)."""
         return {**conditioning, "reference_latents": self.encode_images(reference_images, height, width)}
 
+    def unused_modules(self) -> str | None:
+        """A text-to-image run never calls the reference-image mode (`x_embedders.image_cond`, its modulations and its
+        per-mode blocks): those stay frozen and carry no LoRA. An editing run uses them."""
+        return None if self.requires_reference_image else r".*\bimage_cond\b.*"
+
     # --------------------------------------------------------------- velocity
 
     def _image_ids(self, rows: int, cols: int, device: torch.device, l_coord: int = 0) -> torch.Tensor:
