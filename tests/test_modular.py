@@ -108,3 +108,13 @@ def test_a_modular_folder_trains_and_its_lora_loads_in_the_modular_and_the_class
         }
         assert loaded.keys() == trained.keys(), type(pipe).__name__
         assert all(torch.equal(loaded[n], trained[n]) for n in trained), type(pipe).__name__
+
+    # `srpo-trl eval` on the modular folder: loaded by path, sampled with the classic pipeline over its components
+    from srpo_trl.cli import main
+
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    command = ["eval", "--model", str(tmp_path / "base"), "--result", str(tmp_path / "out"), "--prompts",
+               str(tmp_path / "prompts.txt"), "--reward_funcs", "color", "--control_words", "brightness", "--resolution",
+               "64", "--num_inference_steps", "3", "--max_sequence_length", "32", "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    assert main(command) == 0
+    assert (tmp_path / "eval" / "eval.json").is_file()

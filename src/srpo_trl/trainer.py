@@ -55,9 +55,12 @@ class SRPOTrainer(PublishingMixin, Trainer):
     """Trainer for SRPO (Shen et al., 2025): Direct-Align with Semantic Relative Preference rewards.
 
     Args:
-        model (`DiffusionPipeline` or `str`):
-            A diffusers pipeline of a supported family (`FluxPipeline`), or a hub id / local path loaded with
-            `DiffusionPipeline.from_pretrained(**args.model_init_kwargs)`. Only its transformer trains.
+        model (`DiffusionPipeline`, `ModularPipeline` or `str`):
+            A diffusers pipeline of a supported class (`srpo_trl.models.PIPELINES`: FLUX.1, Kontext, FLUX.2, FLUX.3
+            [klein], their Img2Img / Inpaint / KV variants, diffusers' modular pipelines, Qwen-Image and its editing
+            models), or a hub id / local path loaded with `DiffusionPipeline.from_pretrained(**args.model_init_kwargs)`
+            (or `ModularPipeline.from_pretrained` where the index names a modular pipeline). Only its transformer
+            trains.
         reward_funcs (`Reward`, callable, `str`, or a list of them):
             Rewards to maximise. A callable `fn(images, prompts) -> Tensor[B]` gets float images `[B, 3, H, W]`
             in [0, 1] and must be differentiable in them; a [`~srpo_trl.rewards.CLIPReward`] scores CLIP
