@@ -268,3 +268,19 @@ def test_the_card_s_snippet_runs_on_the_modular_pipeline(tmp_path, config):
     scope = {"pipe": tiny_flux3_pipeline(0)}
     exec(snippet.replace("pipe = ...", "pass  #"), scope)  # noqa: S102 - the card's own code
     assert tuple(scope["image"].size) == (SIZE, SIZE)
+
+
+def test_regional_compilation_compiles_each_of_flux3s_repeated_blocks():
+    """accelerate's regional compilation (the trainer's default under `torch_compile`) compiles each block of the
+    classes diffusers lists in `_repeated_blocks`, one graph reused by every block of a class (wrapped only here: the
+    `eager` backend compiles on the first call)."""
+    from accelerate.utils import compile_regions
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    transformer = tiny_flux3_pipeline(0).transformer
+    repeated = set(type(transformer)._repeated_blocks)
+    blocks = [type(m).__name__ for m in transformer.modules() if type(m).__name__ in repeated]
+    compiled = compile_regions(transformer, backend="eager")  # a compiled copy
+    wrapped = [type(m._orig_mod).__name__ for m in compiled.modules() if isinstance(m, OptimizedModule)]
+    assert repeated == {"Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"}
+    assert len(blocks) == 4 and sorted(n for n in wrapped if n in repeated) == sorted(blocks)  # each block on its own
