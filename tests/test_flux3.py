@@ -253,7 +253,9 @@ def test_a_full_fine_tune_reloads_and_eval_samples_and_loads_both_kinds(tmp_path
         assert load_result(fresh, str(tmp_path / kind)) == ("transformer" if kind == "full" else "lora")
         loaded = eval_generate(fresh, prompts, settings)
         assert (expected - base).abs().max() > 1e-2
-        assert (loaded - expected).abs().max().item() <= 1e-5, kind
+        gap = (loaded - expected).abs().max().item()
+        print(f"{kind}: eval's sampling of the reloaded result against the trained model: {gap:.1e}")
+        assert gap <= 1e-5, kind
 
 
 def test_the_card_s_snippet_runs_on_the_modular_pipeline(tmp_path, config):
