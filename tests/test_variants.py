@@ -1,5 +1,5 @@
 """Variants that load the weights of a family srpo-trl trains (FLUX.1 Img2Img and Inpaint, Kontext Inpaint, FLUX.2
-[klein] Inpaint and KV): given the variant, the trainer trains the family's transformer with the family's own rollout
+[klein] Inpaint and KV, Chroma Img2Img and Inpaint): given the variant, the trainer trains the family's transformer with the family's own rollout
 at the recipe's defaults; the saved LoRA loads into a fresh variant with its stock `load_lora_weights` and makes the
 trained model's images; the model card names the variant's class; `srpo-trl eval` samples with the family's own
 pipeline over the variant's components."""
@@ -22,8 +22,13 @@ VARIANTS = [
     "FluxKontextInpaintPipeline",
     "Flux2KleinInpaintPipeline",
     "Flux2KleinKVPipeline",
+    "ChromaImg2ImgPipeline",
+    "ChromaInpaintPipeline",
 ]
 SIZE = 64
+#: Variants whose stock `__call__` fails on every real model of the family in diffusers 0.42.1: ChromaInpaintPipeline
+#: reads `transformer.config.guidance_embeds`, which `ChromaTransformer2DModel`'s config does not have.
+STOCK_CALL_BROKEN = {"ChromaInpaintPipeline"}
 
 
 def _picture(seed: int) -> Image.Image:
@@ -41,6 +46,8 @@ def _variant_images(pipe, name: str) -> torch.Tensor:
         "FluxKontextInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9, max_area=SIZE * SIZE),
         "Flux2KleinInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9),
         "Flux2KleinKVPipeline": {},
+        "ChromaImg2ImgPipeline": dict(image=_picture(1), strength=0.9),
+        "ChromaInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9),
     }[name]
     if PIPELINES[name].takes_guidance:
         inputs.update(get_adapter(pipe).pipeline_guidance_kwargs(3.5))
@@ -86,13 +93,23 @@ def test_the_lora_loads_into_the_stock_variant_as_trained_and_the_card_names_it(
     with_trained = tiny_variant_pipeline(name)
     with_trained.transformer = trainer.accelerator.unwrap_model(trainer.model).eval()
     fresh = tiny_variant_pipeline(name)
-    base = _variant_images(fresh, name)
-    fresh.load_lora_weights(str(tmp_path / "lora"))  # the variant's own stock loader
-    trained, loaded = _variant_images(with_trained, name), _variant_images(fresh, name)
-    assert (trained - base).abs().max() > 1e-3  # the LoRA matters
-    gap = (loaded - trained).abs().max().item()
-    print(f"{name}: reloaded LoRA against the trained model: {gap:.1e}")
-    assert gap <= 1e-5
+    if name in STOCK_CALL_BROKEN:  # the variant cannot sample at all: compare the weights its loader puts in place
+        with pytest.raises(AttributeError, match="guidance_embeds"):
+            _variant_images(fresh, name)  # when diffusers fixes it, this fails: compare images here too
+        fresh.load_lora_weights(str(tmp_path / "lora"))
+        trained = {n: p for n, p in with_trained.transformer.named_parameters() if "lora" in n}
+        loaded = {
+            n.replace(".default_0.", ".default."): p for n, p in fresh.transformer.named_parameters() if "lora" in n
+        }
+        assert trained.keys() == loaded.keys() and all(torch.equal(loaded[n], trained[n]) for n in trained)
+    else:
+        base = _variant_images(fresh, name)
+        fresh.load_lora_weights(str(tmp_path / "lora"))  # the variant's own stock loader
+        trained, loaded = _variant_images(with_trained, name), _variant_images(fresh, name)
+        assert (trained - base).abs().max() > 1e-3  # the LoRA matters
+        gap = (loaded - trained).abs().max().item()
+        print(f"{name}: reloaded LoRA against the trained model: {gap:.1e}")
+        assert gap <= 1e-5
 
     card = (tmp_path / "lora" / "README.md").read_text()
     assert f"from diffusers import {name}\n" in card and f"the {name} this was trained from" in card

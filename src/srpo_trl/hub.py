@@ -44,6 +44,7 @@ KNOWN_LICENSES: dict[str, dict[str, str]] = {
         "license_link": "https://huggingface.co/black-forest-labs/FLUX.1-Krea-dev/blob/main/LICENSE.md",
     },
     "black-forest-labs/FLUX.1-schnell": {"license": "apache-2.0"},
+    "lodestones/Chroma1-HD": {"license": "apache-2.0"},
     **{
         f"Qwen/{name}": {"license": "apache-2.0"}
         for name in (
@@ -86,7 +87,8 @@ def _support(pipeline_class: str):
 
 def _family_tag(pipeline_class: str) -> str:
     """The Hub tag of the model family: `flux` (FLUX.1, Kontext, FLUX.2) or `qwen-image` (and its edit models)."""
-    return "qwen-image" if _support(pipeline_class).adapter.family.startswith("qwen-image") else "flux"
+    family = _support(pipeline_class).adapter.family
+    return "qwen-image" if family.startswith("qwen-image") else "chroma" if family == "chroma" else "flux"
 
 
 @dataclass

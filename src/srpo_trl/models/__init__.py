@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import ModelAdapter
+from .chroma import ChromaAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux3 import Flux3Adapter
@@ -75,6 +76,10 @@ PIPELINES: dict[str, PipelineSupport] = {
     # adapter reads directly.
     "Flux3ModularPipeline": PipelineSupport(Flux3Adapter, "Flux3ModularPipeline", modular=True),
     "Flux3DistilledModularPipeline": PipelineSupport(Flux3Adapter, "Flux3DistilledModularPipeline", modular=True),
+    # Chroma (Chroma1-HD) and its variants: real classifier-free guidance with a negative prompt.
+    "ChromaPipeline": PipelineSupport(ChromaAdapter, "ChromaPipeline"),
+    "ChromaImg2ImgPipeline": PipelineSupport(ChromaAdapter, "ChromaPipeline", inputs=(_IMAGE, "strength=0.8,")),
+    "ChromaInpaintPipeline": PipelineSupport(ChromaAdapter, "ChromaPipeline", inputs=(_IMAGE, _MASK, "strength=0.8,")),
     # Qwen-Image and its editing models.
     "QwenImagePipeline": PipelineSupport(QwenImageAdapter, "QwenImagePipeline"),
     "QwenImageEditPipeline": PipelineSupport(QwenImageEditAdapter, "QwenImageEditPipeline"),
@@ -88,11 +93,6 @@ _CONDITIONED = (
     "its transformer takes {0} besides the text, which srpo-trl does not feed yet (planned with rewards that keep the "
     "condition); to train the base FLUX.1 transformer, load FluxPipeline from the base checkpoint"
 )
-_CHROMA = (
-    "Chroma (T5 with an attention mask, real CFG with a negative prompt, a distilled-guidance approximator inside "
-    "ChromaTransformer2DModel) has no adapter yet"
-)
-
 #: Pipeline classes named like a family srpo-trl knows that it does not train, with the reason and what to use.
 REFUSED: dict[str, str] = {
     "FluxFillPipeline": _CONDITIONED.format(
@@ -106,9 +106,6 @@ REFUSED: dict[str, str] = {
     "FluxControlNetInpaintPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
     "FluxPriorReduxPipeline": "it makes image-prompt embeddings for FluxPipeline and denoises nothing, so there is "
     "nothing in it to train; train the FluxPipeline it feeds",
-    "ChromaPipeline": _CHROMA,
-    "ChromaImg2ImgPipeline": _CHROMA,
-    "ChromaInpaintPipeline": _CHROMA,
 }
 
 
@@ -179,6 +176,7 @@ def get_adapter(pipeline, **kwargs) -> ModelAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "ChromaAdapter",
     "PIPELINES",
     "REFUSED",
     "PipelineSupport",
