@@ -1,5 +1,5 @@
 """Variants that load the weights of a family srpo-trl trains (FLUX.1 Img2Img and Inpaint, Kontext Inpaint, FLUX.2
-[klein] Inpaint and KV, Chroma Img2Img and Inpaint): given the variant, the trainer trains the family's transformer with the family's own rollout
+[klein] Inpaint and KV, FLUX.1 Control Img2Img and Inpaint, Chroma Img2Img and Inpaint): given the variant, the trainer trains the family's transformer with the family's own rollout
 at the recipe's defaults; the saved LoRA loads into a fresh variant with its stock `load_lora_weights` and makes the
 trained model's images; the model card names the variant's class; `srpo-trl eval` samples with the family's own
 pipeline over the variant's components."""
@@ -22,6 +22,8 @@ VARIANTS = [
     "FluxKontextInpaintPipeline",
     "Flux2KleinInpaintPipeline",
     "Flux2KleinKVPipeline",
+    "FluxControlImg2ImgPipeline",
+    "FluxControlInpaintPipeline",
     "ChromaImg2ImgPipeline",
     "ChromaInpaintPipeline",
 ]
@@ -46,6 +48,10 @@ def _variant_images(pipe, name: str) -> torch.Tensor:
         "FluxKontextInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9, max_area=SIZE * SIZE),
         "Flux2KleinInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9),
         "Flux2KleinKVPipeline": {},
+        "FluxControlImg2ImgPipeline": dict(image=_picture(1), control_image=_picture(2), strength=0.9),
+        "FluxControlInpaintPipeline": dict(
+            image=_picture(1), mask_image=MASK, control_image=_picture(2), strength=0.9
+        ),
         "ChromaImg2ImgPipeline": dict(image=_picture(1), strength=0.9),
         "ChromaInpaintPipeline": dict(image=_picture(1), mask_image=MASK, strength=0.9),
     }[name]
@@ -60,8 +66,8 @@ def _variant_images(pipe, name: str) -> torch.Tensor:
 
 def _trainer(name, config, **overrides):
     data = {"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]}
-    if get_adapter(tiny_variant_pipeline(name)).requires_reference_image:  # Kontext's: the image each prompt edits
-        data["reference_image"] = [_picture(i) for i in range(4)]
+    if get_adapter(tiny_variant_pipeline(name)).requires_reference_image:  # Kontext's edited image, Control's map
+        data["reference_image"] = data["control_image"] = [_picture(i) for i in range(4)]
     return SRPOTrainer(
         tiny_variant_pipeline(name),
         ColorWordReward(),

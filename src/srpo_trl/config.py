@@ -79,6 +79,9 @@ class SRPOConfig(TrainingArguments):
         dataset_reference_image_column (`str`, *optional*, defaults to `"reference_image"`):
             Column of reference images (PIL or paths) for image-editing families (FLUX.1 Kontext): the image each
             prompt edits, resized and centre-cropped to `resolution`. Used as conditioning, never rewarded.
+        dataset_control_image_column (`str`, *optional*, defaults to `"control_image"`):
+            Column of control images (PIL or paths) for the FLUX.1 Canny / Depth Control family: the edge or depth map
+            each prompt follows, resized and centre-cropped to `resolution`. Used as conditioning, never rewarded.
         offline (`bool`, *optional*):
             Offline mode (the paper's real-image variant): `x0` is the VAE encoding of the dataset's image, resized
             and centre-cropped to `resolution`, with fresh noise per sample, instead of a rollout. Defaults to on
@@ -251,6 +254,10 @@ class SRPOConfig(TrainingArguments):
     dataset_reference_image_column: str = field(
         default="reference_image",
         metadata={"help": "Dataset column holding each prompt's reference image (image-editing families: Kontext)."},
+    )
+    dataset_control_image_column: str = field(
+        default="control_image",
+        metadata={"help": "Dataset column holding each prompt's control image (FLUX.1 Canny / Depth Control)."},
     )
     offline: bool | None = field(
         default=None,

@@ -166,7 +166,13 @@ def reference_batch(images, height: int, width: int) -> torch.Tensor:
 
 
 def collate_rows(
-    features: list[dict], args, height: int, width: int, reference: tuple[int, int] | None, offline: bool
+    features: list[dict],
+    args,
+    height: int,
+    width: int,
+    reference: tuple[int, int] | None,
+    offline: bool,
+    reference_column: str | None = None,
 ) -> dict:
     """A batch of dataset rows for the trainer: the prompts (checked), the reference images of editing families
     resized and centre-cropped to `reference` (height, width), and, offline, the real images, resized and
@@ -174,7 +180,7 @@ def collate_rows(
     column = args.dataset_prompt_column
     batch = {"prompt": check_prompts([f[column] for f in features], column)}
     if reference is not None:
-        column = args.dataset_reference_image_column
+        column = reference_column or args.dataset_reference_image_column  # Control's: the control image column
         batch["reference_images"] = torch.stack([image_to_tensor(f[column], *reference) for f in features])
     column = args.dataset_image_column
     if offline and column in features[0]:  # eval prompts come without images

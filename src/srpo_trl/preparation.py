@@ -214,7 +214,8 @@ def resolve_reward_setup(reward_funcs, eval_reward_funcs, args) -> RewardSetup:
 def check_pipeline_inputs(adapter, args, train_dataset, eval_dataset) -> None:
     """What needs the pipeline's family to check: the reference-image column of editing families, and the size."""
     if adapter.requires_reference_image:  # the rows were checked before loading; the column is checked here
-        reference = [("dataset_reference_image_column", args.dataset_reference_image_column)]
+        field = adapter.reference_image_column_field  # Control's is the control image column
+        reference = [(field, getattr(args, field))]
         for what, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             if dataset is not None and not isinstance(dataset, dict):
                 check_columns(dataset, reference, what)

@@ -203,7 +203,8 @@ class SRPOTrainer(PublishingMixin, Trainer):
         reference = None
         if self.adapter.requires_reference_image:
             reference = self.adapter.reference_image_size(self.height, self.width)
-        return collate_rows(features, self.args, self.height, self.width, reference, self.offline)
+        column = getattr(self.args, self.adapter.reference_image_column_field)
+        return collate_rows(features, self.args, self.height, self.width, reference, self.offline, column)
 
     def _step_generator(self) -> torch.Generator:
         """A CPU generator keyed by (seed, step, micro-batch): the same on every rank, and reproducible on resume."""
@@ -227,7 +228,8 @@ class SRPOTrainer(PublishingMixin, Trainer):
         if reference_images is None:
             raise ValueError(
                 f"{type(self.pipeline).__name__} edits a reference image: give one per prompt "
-                f"(dataset column {self.args.dataset_reference_image_column!r}, or generate(reference_images=...))"
+                f"(dataset column {getattr(self.args, self.adapter.reference_image_column_field)!r}, or "
+                "generate(reference_images=...))"
             )
         device = self.accelerator.device
         reference_images = reference_images.to(device)

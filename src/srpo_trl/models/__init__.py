@@ -16,6 +16,7 @@ from .chroma import ChromaAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux3 import Flux3Adapter
+from .flux_control import FluxControlAdapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
@@ -40,6 +41,7 @@ class PipelineSupport:
 
 _IMAGE = 'image=load_image("input.png"),  # the image to start from'
 _MASK = 'mask_image=load_image("mask.png"),  # white where the image is repainted'
+_CONTROL = 'control_image=load_image("control.png"),  # the edge or depth map to follow'
 
 PIPELINES: dict[str, PipelineSupport] = {
     # FLUX.1 and the variants that load its weights: trained as the text-to-image family.
@@ -50,6 +52,14 @@ PIPELINES: dict[str, PipelineSupport] = {
     "FluxKontextPipeline": PipelineSupport(FluxKontextAdapter, "FluxKontextPipeline"),
     "FluxKontextInpaintPipeline": PipelineSupport(
         FluxKontextAdapter, "FluxKontextPipeline", inputs=(_IMAGE, _MASK, "strength=1.0,")
+    ),
+    # FLUX.1 Canny / Depth Control: the control image's latents beside the noisy ones on the channel axis.
+    "FluxControlPipeline": PipelineSupport(FluxControlAdapter, "FluxControlPipeline", inputs=(_CONTROL,)),
+    "FluxControlImg2ImgPipeline": PipelineSupport(
+        FluxControlAdapter, "FluxControlPipeline", inputs=(_IMAGE, _CONTROL, "strength=0.8,")
+    ),
+    "FluxControlInpaintPipeline": PipelineSupport(
+        FluxControlAdapter, "FluxControlPipeline", inputs=(_IMAGE, _MASK, _CONTROL, "strength=0.8,")
     ),
     # FLUX.2 [dev] and [klein] (base and distilled), and the [klein] variants.
     "Flux2Pipeline": PipelineSupport(Flux2Adapter, "Flux2Pipeline"),
@@ -98,9 +108,6 @@ REFUSED: dict[str, str] = {
     "FluxFillPipeline": _CONDITIONED.format(
         "the masked image's latents and the mask (FLUX.1 Fill, 384 input channels)"
     ),
-    "FluxControlPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth, 128 input channels)"),
-    "FluxControlImg2ImgPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth)"),
-    "FluxControlInpaintPipeline": _CONDITIONED.format("a control image's latents (FLUX.1 Canny / Depth)"),
     "FluxControlNetPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
     "FluxControlNetImg2ImgPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
     "FluxControlNetInpaintPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
@@ -181,6 +188,7 @@ __all__ = [
     "REFUSED",
     "PipelineSupport",
     "Flux2Adapter",
+    "FluxControlAdapter",
     "Flux3Adapter",
     "FluxAdapter",
     "FluxKontextAdapter",

@@ -30,6 +30,8 @@ class ModelAdapter(Protocol):
     #: Whether the family edits a reference image when the dataset gives one and generates from text otherwise
     #: (FLUX.3): the trainer then sets `requires_reference_image` on the adapter from the dataset's columns.
     reference_image_optional: ClassVar[bool]
+    #: The `SRPOConfig` field naming the dataset column of that image (`"dataset_control_image_column"` for Control).
+    reference_image_column_field: ClassVar[str]
     #: Whether the text encoder sees the reference image too (Qwen-Image-Edit): `encode_prompts` then takes the
     #: references, and the text conditioning is made per batch instead of cached per prompt.
     text_sees_reference: ClassVar[bool]
@@ -162,6 +164,8 @@ class AdapterBase:
 
     requires_reference_image: ClassVar[bool] = False
     reference_image_optional: ClassVar[bool] = False
+    #: The `SRPOConfig` field naming the dataset column of the conditioning image (Control: the control image's).
+    reference_image_column_field: ClassVar[str] = "dataset_reference_image_column"
     text_sees_reference: ClassVar[bool] = False
     #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
     #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and

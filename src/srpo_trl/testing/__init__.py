@@ -11,7 +11,7 @@ that runs on them runs unchanged on FLUX.1-dev.
 - [`tiny_srpo_config`]: an [`~srpo_trl.SRPOConfig`] sized for those 64-px pipelines on a CPU.
 - One tiny pipeline per supported family: [`tiny_flux_kontext_pipeline`], [`tiny_flux2_pipeline`] ([dev], [klein] base
   or distilled), [`tiny_flux3_pipeline`] (FLUX.3 [klein] modular, base or distilled; `srpo_trl.testing.flux3`),
-  [`tiny_qwen_image_pipeline`] and the Qwen-Image-Edit ones (`srpo_trl.testing.qwen`), [`tiny_chroma_pipeline`], and
+  [`tiny_qwen_image_pipeline`] and the Qwen-Image-Edit ones (`srpo_trl.testing.qwen`), [`tiny_chroma_pipeline`], [`tiny_flux_control_pipeline`], and
   [`tiny_variant_pipeline`] for the Img2Img / Inpaint / KV variants.
 - [`flux1_pipeline`], [`t5_config`], the tokenizers: the parts those are built from, also used by the
   full-size benchmark builders in `benchmarks/full_size_models.py`.
@@ -431,6 +431,8 @@ def tiny_variant_pipeline(name: str, seed: int = 0):
         "FluxKontextInpaintPipeline": tiny_flux_kontext_pipeline,
         "Flux2KleinInpaintPipeline": tiny_flux2_pipeline,
         "Flux2KleinKVPipeline": lambda seed: tiny_flux2_pipeline(seed, distilled=True),
+        "FluxControlImg2ImgPipeline": lambda seed: tiny_flux_control_pipeline(seed),
+        "FluxControlInpaintPipeline": lambda seed: tiny_flux_control_pipeline(seed),
         "ChromaImg2ImgPipeline": lambda seed: tiny_chroma_pipeline(seed),
         "ChromaInpaintPipeline": lambda seed: tiny_chroma_pipeline(seed),
     }
@@ -441,7 +443,7 @@ def tiny_variant_pipeline(name: str, seed: int = 0):
 
 # Built on the tokenizers above; public here.
 from .flux3 import tiny_flux3_pipeline  # noqa: E402, F401, I001  (after .qwen: it uses its tokenizer)
-from .chroma import tiny_chroma_pipeline  # noqa: E402, F401, I001
+from .chroma import tiny_chroma_pipeline, tiny_flux_control_pipeline  # noqa: E402, F401, I001
 from .qwen import (  # noqa: E402, F401
     QWEN_SPECIAL_TOKENS,
     tiny_qwen_image_edit_pipeline,
