@@ -3,8 +3,8 @@
 A family is what the denoiser needs (its transformer, text encoding, latent layout, guidance, extra inputs); the
 pipeline class only says which family a user has. So each supported class is one row of `PIPELINES`: the adapter,
 and the family's own pipeline that the rollout reproduces and `srpo-trl eval` samples with. Variants that load the
-same weights (Img2Img, Inpaint, KV) are rows too, and every other diffusers class named like a family we know is
-refused with the reason and what to use instead (`REFUSED`).
+same weights (Img2Img, Inpaint, KV) and diffusers' modular pipelines are rows too, and every other diffusers class
+named like a family we know is refused with the reason and what to use instead (`REFUSED`).
 """
 
 from __future__ import annotations
