@@ -90,6 +90,8 @@ class Flux3Adapter(Flux2Adapter):
             self.default_guidance = {"rollout": 1.0, "train": 1.0, "sample": 1.0}
         self._positions: dict[tuple, torch.Tensor] = {}
         self._negative: dict[str, dict[str, torch.Tensor]] = {}
+        self._lengths_tensor: torch.Tensor | None = None  # see `_window_lengths`
+        self._lengths: list[int] = []
 
     def default_time_shift(self, height: int, width: int) -> float:
         return float(self.pipeline.scheduler.config.get("shift", 1.0))
@@ -194,9 +196,16 @@ class Flux3Adapter(Flux2Adapter):
             **kwargs,
         )[0]
 
+    def _window_lengths(self, lengths: torch.Tensor) -> list[int]:
+        """The batch's window lengths on the host, read once per conditioning tensor: the rollout calls the transformer
+        with the same text at every step, and reading a device tensor at each would synchronise with the device."""
+        if self._lengths_tensor is not lengths:
+            self._lengths_tensor, self._lengths = lengths, lengths.tolist()
+        return self._lengths
+
     def _conditional(self, transformer, latents, sigma, target, text, height, width) -> torch.Tensor:
         """The conditional velocity, one transformer call per text-window length in the batch."""
-        lengths = text["text_lengths"].tolist()
+        lengths = self._window_lengths(text["text_lengths"])
         reference = text.get("reference_latents")
         out = None
         for length in sorted(set(lengths)):
