@@ -6,6 +6,7 @@ loaders and `srpo-trl eval`'s sampling. (Its Img2Img / Inpaint variants are in t
 import pytest
 import torch
 from datasets import Dataset
+from lora_helpers import LORAS, far_from_identity
 from peft import LoraConfig
 from uphill import uphill_step
 
@@ -73,27 +74,10 @@ def test_one_step_at_the_recipe_defaults_goes_uphill_with_fp32_masters_on_a_bf16
     assert step.dtypes == {torch.float32} and not step.unchanged_with_gradient
 
 
-def _far_from_identity(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
-            elif "lora_magnitude_vector" in name:
-                p.mul_(1 + 0.5 * torch.rand(p.shape, generator=generator))
-
-
-LORAS = {
-    "alpha-not-r": dict(r=4, lora_alpha=8),
-    "rslora": dict(r=4, lora_alpha=8, use_rslora=True),
-    "dora": dict(r=4, lora_alpha=8, use_dora=True),
-}
-
-
 @pytest.mark.parametrize("lora", list(LORAS))
 def test_the_lora_reloads_in_the_stock_chroma_pipeline_as_trained(tmp_path, config, lora):
     trainer = _trainer(config, LORAS[lora])
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     with_trained = tiny_chroma_pipeline(0)
     with_trained.transformer = trainer.accelerator.unwrap_model(trainer.model).eval()

@@ -7,6 +7,7 @@ sampling."""
 import pytest
 import torch
 from datasets import Dataset
+from lora_helpers import LORAS, far_from_identity
 from peft import LoraConfig
 from uphill import uphill_step
 
@@ -191,29 +192,12 @@ def test_one_step_at_the_recipe_defaults_goes_uphill_with_fp32_masters_on_a_bf16
     assert names and not any("image_cond" in n for n in names) and any("mode_blocks.image." in n for n in names)
 
 
-def _far_from_identity(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
-            elif "lora_magnitude_vector" in name:
-                p.mul_(1 + 0.5 * torch.rand(p.shape, generator=generator))
-
-
-LORAS = {
-    "alpha-not-r": dict(r=4, lora_alpha=8),
-    "rslora": dict(r=4, lora_alpha=8, use_rslora=True),
-    "dora": dict(r=4, lora_alpha=8, use_dora=True),
-}
-
-
 @pytest.mark.parametrize(
     "distilled, lora", [(False, "alpha-not-r"), (False, "rslora"), (False, "dora"), (True, "alpha-not-r")]
 )
 def test_the_lora_reloads_in_the_stock_modular_pipeline_as_trained(tmp_path, config, distilled, lora):
     trainer = _trainer(config, distilled, LORAS[lora])
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     with_trained = tiny_flux3_pipeline(0, distilled=distilled)
     with_trained.update_components(transformer=trainer.accelerator.unwrap_model(trainer.model).eval())
@@ -240,7 +224,7 @@ def test_a_full_fine_tune_reloads_and_eval_samples_and_loads_both_kinds(tmp_path
             with torch.no_grad():
                 trainer.model.proj_out.weight.mul_(1.5)  # a visible change of the output
         else:
-            _far_from_identity(trainer.model)
+            far_from_identity(trainer.model)
         trainer.save_model(str(tmp_path / kind))
         with_trained = tiny_flux3_pipeline(0)
         with_trained.update_components(transformer=trainer.accelerator.unwrap_model(trainer.model).eval())
@@ -260,7 +244,7 @@ def test_a_full_fine_tune_reloads_and_eval_samples_and_loads_both_kinds(tmp_path
 
 def test_the_card_s_snippet_runs_on_the_modular_pipeline(tmp_path, config):
     trainer = _trainer(config, False, LORAS["alpha-not-r"], sample_prompts=[PROMPT])
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     card = (tmp_path / "lora" / "README.md").read_text()
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from lora_helpers import LORAS, far_from_identity
 from peft import LoraConfig
 from PIL import Image
 
@@ -56,12 +57,6 @@ FAMILIES = {
 # Text tokens per family: Qwen-Image's tiny tokenizer is character-level and keeps the tail of its system prompt.
 TOKENS = {"qwen-image": 256}
 
-LORAS = {
-    "alpha-not-r": dict(r=4, lora_alpha=8),
-    "rslora": dict(r=4, lora_alpha=8, use_rslora=True),
-    "dora": dict(r=4, lora_alpha=8, use_dora=True),
-}
-
 
 def _dataset(family):
     data = {"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]}
@@ -78,17 +73,6 @@ def _trainer(family, config, lora, **overrides):
         train_dataset=_dataset(family),
         peft_config=LoraConfig(**{"init_lora_weights": "gaussian", **lora}),
     )
-
-
-def _far_from_identity(transformer, seed=0):
-    """Random `lora_B` (peft starts it at zero) and DoRA magnitudes: the LoRA changes the images a lot."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in transformer.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=generator))
-            elif "lora_magnitude_vector" in name:
-                p.mul_(1 + 0.5 * torch.rand(p.shape, generator=generator))
 
 
 def _trained_transformer(trainer):
@@ -130,7 +114,7 @@ def _assert_same_model(trained, base, loaded):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_saved_lora_reloads_as_the_trained_model(tmp_path, config, family, lora):
     trainer = _trainer(family, config, LORAS[lora])
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     _assert_same_model(*_trained_and_loaded(family, trainer, str(tmp_path / "lora")))
     saved = saved_lora_config(str(tmp_path / "lora" / LORA_WEIGHTS_NAME), "transformer")
@@ -140,7 +124,7 @@ def test_saved_lora_reloads_as_the_trained_model(tmp_path, config, family, lora)
 def test_a_lora_trained_with_dropout_reloads_without_it(tmp_path, config):
     """diffusers leaves the LoRA modules it adds in training mode: a saved dropout would make inference random."""
     trainer = _trainer("flux", config, dict(r=4, lora_alpha=8, lora_dropout=0.5))
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     _assert_same_model(*_trained_and_loaded("flux", trainer, str(tmp_path / "lora")))
 
@@ -150,7 +134,7 @@ def test_a_training_checkpoint_reloads_and_resumes(tmp_path, config):
     lora = dict(r=4, lora_alpha=8)
     overrides = dict(max_steps=1, learning_rate=1e-3, save_strategy="steps", save_steps=1)
     trainer = _trainer("flux", config, lora, **overrides)
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.train()
     checkpoint = os.path.join(trainer.args.output_dir, "checkpoint-1")
     _assert_same_model(*_trained_and_loaded("flux", trainer, checkpoint))
@@ -170,7 +154,7 @@ def test_srpo_trl_eval_loads_the_trained_model(tmp_path, config):
     from diffusers import DiffusionPipeline
 
     trainer = _trainer("flux", config, dict(r=4, lora_alpha=8))
-    _far_from_identity(trainer.model)
+    far_from_identity(trainer.model)
     trainer.save_model(str(tmp_path / "lora"))
     tiny_flux_pipeline(0).save_pretrained(tmp_path / "base")
     settings = EvalSettings(resolution=SIZE, num_inference_steps=STEPS, max_sequence_length=32, batch_size=2)

@@ -86,7 +86,7 @@ def _support(pipeline_class: str):
 
 
 def _family_tag(pipeline_class: str) -> str:
-    """The Hub tag of the model family: `flux` (FLUX.1, Kontext, FLUX.2) or `qwen-image` (and its edit models)."""
+    """The Hub tag of the model family: `qwen-image` (and its edit models), `chroma`, or `flux` (every FLUX)."""
     family = _support(pipeline_class).adapter.family
     return "qwen-image" if family.startswith("qwen-image") else "chroma" if family == "chroma" else "flux"
 

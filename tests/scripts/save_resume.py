@@ -125,20 +125,12 @@ def wrapped_classes(model) -> list[str]:
     return sorted({type(m).__name__.removeprefix("FSDP") for m in inner})
 
 
-def train(records: str, root: str, kind: str, phase: str) -> None:
-    from datasets import Dataset
-    from peft import LoraConfig
+def run_config(run_dir: str, **engine):
+    """The config of every launched run (here and in zero_save_resume.py): 2 steps at lr 1e-3 each (large enough that
+    the steps move the weights visibly), batch 1 per process, each process its slice of one noise draw."""
+    from srpo_trl.testing import tiny_srpo_config
 
-    from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux3_pipeline, tiny_srpo_config
-
-    fresh_accelerate_state()
-    run_dir = os.path.join(root, f"{kind}-{phase}")
-    flux3 = kind.startswith("flux3")
-    sharded = FSDP2 if phase != "ddp" else {}
-    if sharded and flux3:
-        sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": FLUX3_BLOCKS}}
-    args = tiny_srpo_config(
+    return tiny_srpo_config(
         run_dir,
         max_steps=STEPS,
         learning_rate=1e-3,
@@ -147,8 +139,24 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
         rollout_steps=3,
         max_sequence_length=16,
         per_process_noise=True,
-        **sharded,
+        **engine,
     )
+
+
+def train(records: str, root: str, kind: str, phase: str) -> None:
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from srpo_trl import ColorWordReward, SRPOTrainer
+    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux3_pipeline
+
+    fresh_accelerate_state()
+    run_dir = os.path.join(root, f"{kind}-{phase}")
+    flux3 = kind.startswith("flux3")
+    sharded = FSDP2 if phase != "ddp" else {}
+    if sharded and flux3:
+        sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": FLUX3_BLOCKS}}
+    args = run_config(run_dir, **sharded)
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind.endswith("lora") else None
     pipeline = tiny_flux3_pipeline(0) if flux3 else tiny_colour_flux_pipeline(0)

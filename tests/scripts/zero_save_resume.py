@@ -37,7 +37,7 @@ if __name__ == "__main__":  # before anything writes
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # before accelerate imports it
 
 import torch  # noqa: E402
-from save_resume import CHECKPOINT_STEP, PROMPTS, STEPS, SaveAt, fresh_accelerate_state  # noqa: E402
+from save_resume import CHECKPOINT_STEP, PROMPTS, SaveAt, fresh_accelerate_state, run_config  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 
@@ -74,20 +74,10 @@ def train(records: str, root: str, stage: str, kind: str, phase: str) -> None:
     from peft import LoraConfig
 
     from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_srpo_config
+    from srpo_trl.testing import tiny_colour_flux_pipeline
 
     run_dir = os.path.join(root, f"{kind}-{phase}")
-    args = tiny_srpo_config(
-        run_dir,
-        max_steps=STEPS,
-        learning_rate=1e-3,
-        max_grad_norm=1.0,
-        per_device_train_batch_size=1,
-        rollout_steps=3,
-        max_sequence_length=16,
-        per_process_noise=True,
-        ddp_backend="gloo",
-    )
+    args = run_config(run_dir, ddp_backend="gloo")
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind == "lora" else None
     trainer = SRPOTrainer(

@@ -177,8 +177,9 @@ class AdapterBase:
         self.max_sequence_length = max_sequence_length
         self.vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
         self.latent_channels = pipeline.vae.config.latent_channels
-        # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config.
-        self.guidance_embeds = bool(pipeline.transformer.config.guidance_embeds)
+        # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config. Families without a
+        # guidance embedding (Chroma, FLUX.3) have no such config field.
+        self.guidance_embeds = bool(getattr(pipeline.transformer.config, "guidance_embeds", False))
         self._positions: dict[tuple, torch.Tensor] = {}  # built once per size, not once per rollout step
 
     @property

@@ -33,12 +33,7 @@ class ChromaAdapter(FluxAdapter):
     default_guidance: ClassVar[dict[str, float]] = {"rollout": 5.0, "train": 1.0, "sample": 5.0}
 
     def __init__(self, pipeline, max_sequence_length: int = 512):
-        self.pipeline = pipeline
-        self.max_sequence_length = max_sequence_length
-        self.vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        self.latent_channels = pipeline.vae.config.latent_channels
-        self.guidance_embeds = False  # real CFG (see `velocity`)
-        self._positions: dict[tuple, torch.Tensor] = {}
+        super().__init__(pipeline, max_sequence_length)  # no guidance embedding: real CFG (see `velocity`)
         self._negative: dict[str, dict[str, torch.Tensor]] = {}
 
     def default_time_shift(self, height: int, width: int) -> float:
@@ -81,6 +76,13 @@ class ChromaAdapter(FluxAdapter):
         """The prompt's own encoding: the negative prompt, the same for every prompt, is kept once by the adapter."""
         return {k: v for k, v in row.items() if not k.startswith("negative_")}
 
+    def _text_ids(self, length: int, device: torch.device) -> torch.Tensor:
+        """The text tokens' position ids (all zero, as the stock pipeline's), built once per length."""
+        key = ("text", length, str(device))
+        if key not in self._positions:
+            self._positions[key] = torch.zeros(length, 3, device=device)
+        return self._positions[key]
+
     def _call(self, transformer, latents, image_ids, sigma, embeds, mask) -> torch.Tensor:
         dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 master weights)
         batch, tokens = latents.shape[:2]
@@ -92,7 +94,7 @@ class ChromaAdapter(FluxAdapter):
             hidden_states=latents.to(dtype),
             timestep=sigma.to(latents.device),  # the level in [0, 1] (the pipeline's t / 1000)
             encoder_hidden_states=embeds.to(dtype),
-            txt_ids=torch.zeros(embeds.shape[1], 3, device=latents.device),
+            txt_ids=self._text_ids(embeds.shape[1], latents.device),
             img_ids=image_ids,
             attention_mask=attention_mask,
             return_dict=False,

@@ -72,11 +72,7 @@ class Flux3Adapter(Flux2Adapter):
     reference_image_optional: ClassVar[bool] = True
 
     def __init__(self, pipeline, max_sequence_length: int = 512):
-        self.pipeline = pipeline
-        self.max_sequence_length = max_sequence_length
-        self.vae_scale_factor = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-        self.latent_channels = pipeline.vae.config.latent_channels
-        self.guidance_embeds = False  # no guidance embedding: CFG (base) or none (distilled)
+        super().__init__(pipeline, max_sequence_length)  # no guidance embedding: CFG (base) or none (distilled)
         # Read once: the transformer may later be wrapped (DDP, FSDP, peft) and hide its config.
         self.flow_map = bool(pipeline.transformer.config.flow_map)
         guider = getattr(pipeline, "guider", None)
@@ -88,8 +84,6 @@ class Flux3Adapter(Flux2Adapter):
             self.default_guidance = {"rollout": scale, "train": 1.0, "sample": scale}
         else:
             self.default_guidance = {"rollout": 1.0, "train": 1.0, "sample": 1.0}
-        self._positions: dict[tuple, torch.Tensor] = {}
-        self._negative: dict[str, dict[str, torch.Tensor]] = {}
         self._lengths_tensor: torch.Tensor | None = None  # see `_window_lengths`
         self._lengths: list[int] = []
 
@@ -116,14 +110,9 @@ class Flux3Adapter(Flux2Adapter):
     def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
         """Each prompt in its own window (see the module docstring), as one batch padded to the longest window with
         the windows' lengths; for the base model also the negative prompt's embedding, per row."""
-        rows = [{"prompt_embeds": self._encode_one(p, device)} for p in prompts]
-        text = self.stack_entries(rows)
+        text = self.stack_entries([{"prompt_embeds": self._encode_one(p, device)} for p in prompts])
         if self.classifier_free_guidance:
-            key = str(device)
-            if key not in self._negative:
-                self._negative[key] = {"negative_prompt_embeds": self._encode_one(NEGATIVE_PROMPT, device)[None]}
-            negative = self._negative[key]["negative_prompt_embeds"]
-            text["negative_prompt_embeds"] = negative.expand(len(prompts), *negative.shape[1:])
+            text["negative_prompt_embeds"] = self._negative_embeds(len(prompts), device)
         return text
 
     def cache_entry(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,12 +128,10 @@ class Flux3Adapter(Flux2Adapter):
         embeds = first.new_zeros(len(rows), longest, first.shape[-1])
         for i, row in enumerate(rows):
             embeds[i, : lengths[i]] = row["prompt_embeds"]
-        text = {"prompt_embeds": embeds, "text_lengths": torch.tensor(lengths, device=first.device)}
-        if self.classifier_free_guidance and "negative_prompt_embeds" in rows[0]:
-            text["negative_prompt_embeds"] = torch.stack([row["negative_prompt_embeds"] for row in rows])
-        return text
+        return {"prompt_embeds": embeds, "text_lengths": torch.tensor(lengths, device=first.device)}
 
     def _negative_embeds(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The negative prompt's embedding (its own window), encoded once per device, for `batch` rows."""
         key = str(device)
         if key not in self._negative:
             self._negative[key] = {"negative_prompt_embeds": self._encode_one(NEGATIVE_PROMPT, device)[None]}
@@ -173,6 +160,12 @@ class Flux3Adapter(Flux2Adapter):
             self._positions[key] = image_ids(rows, cols, device, l_coord)
         return self._positions[key]
 
+    def _text_ids(self, length: int, device: torch.device) -> torch.Tensor:
+        key = ("text", length, str(device))
+        if key not in self._positions:  # built once per window length, not at every rollout step
+            self._positions[key] = text_ids(length, device)
+        return self._positions[key]
+
     def _call(self, transformer, latents, sigma, target, embeds, reference, height, width) -> torch.Tensor:
         """One transformer call for rows sharing one text window `embeds` (`[b, window, D]`)."""
         rows, cols = self._grid(height, width)
@@ -191,7 +184,7 @@ class Flux3Adapter(Flux2Adapter):
             encoder_hidden_states=embeds.to(dtype),
             timestep=sigma.to(device),  # FLUX.3 takes the level in [0, 1] (the pipeline's t / 1000)
             img_ids=self._image_ids(rows, cols, device),
-            txt_ids=text_ids(embeds.shape[1], device),
+            txt_ids=self._text_ids(embeds.shape[1], device),
             return_dict=False,
             **kwargs,
         )[0]
@@ -207,22 +200,22 @@ class Flux3Adapter(Flux2Adapter):
         """The conditional velocity, one transformer call per text-window length in the batch."""
         lengths = self._window_lengths(text["text_lengths"])
         reference = text.get("reference_latents")
+        embeds = text["prompt_embeds"]
+        if len(set(lengths)) == 1:  # one window for the whole batch (always at batch 1): no gathering
+            return self._call(transformer, latents, sigma, target, embeds[:, : lengths[0]], reference, height, width)
         out = None
         for length in sorted(set(lengths)):
-            rows = [i for i, n in enumerate(lengths) if n == length]
-            index = torch.tensor(rows, device=latents.device)
+            index = torch.tensor([i for i, n in enumerate(lengths) if n == length], device=latents.device)
             part = self._call(
                 transformer,
                 latents[index],
                 sigma[index],
                 None if target is None else target[index],
-                text["prompt_embeds"][index, :length],
+                embeds[index, :length],
                 None if reference is None else reference[index],
                 height,
                 width,
             )
-            if len(rows) == len(lengths):
-                return part
             if out is None:
                 out = part.new_empty(latents.shape[0], *part.shape[1:])
             out[index] = part

@@ -324,6 +324,21 @@ def tiny_chat_tokenizer(model_max_length: int = 512):
     )
 
 
+def tiny_flux2_vae(latent_channels: int = 4):
+    """A tiny `AutoencoderKLFlux2` (FLUX.2's and FLUX.3's VAE: 2x2-patchified latents with batch-norm statistics),
+    downsampling 8x."""
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
 def tiny_flux2_pipeline(
     seed: int = 0, *, variant: str = "klein", hidden_size: int = 16, dtype=torch.float32, distilled: bool = False
 ):
@@ -336,7 +351,6 @@ def tiny_flux2_pipeline(
     statistics) with 4 latent channels; resolutions must be multiples of 16.
     """
     from diffusers import (
-        AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Pipeline,
@@ -391,14 +405,7 @@ def tiny_flux2_pipeline(
         axes_dims_rope=(4, 4, 4, 4),
         guidance_embeds=variant == "dev",
     )
-    vae = AutoencoderKLFlux2(
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_flux2_vae(latent_channels)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential")
     parts = dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
     pipe = Flux2KleinPipeline(**parts, is_distilled=distilled) if variant == "klein" else Flux2Pipeline(**parts)

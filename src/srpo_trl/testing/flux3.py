@@ -73,9 +73,10 @@ def tiny_flux3_pipeline(seed: int = 0, *, distilled: bool = False, hidden_size: 
     VAE is FLUX.2's layout with 4 latent channels; resolutions must be multiples of 16. The prompt upsampler, which
     the default blocks run on every call, is left out (it is not part of training).
     """
-    from diffusers import AutoencoderKLFlux2, Flux3Transformer2DModel
+    from diffusers import Flux3Transformer2DModel
     from diffusers.modular_pipelines import Flux3AutoBlocks, Flux3DistilledAutoBlocks
 
+    from . import tiny_flux2_vae
     from .qwen import tiny_qwen_tokenizer
 
     torch.manual_seed(seed)
@@ -95,14 +96,7 @@ def tiny_flux3_pipeline(seed: int = 0, *, distilled: bool = False, hidden_size: 
         axes_dims_rope=(4, 4, 4, 4),
         flow_map=distilled,
     )
-    vae = AutoencoderKLFlux2(
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_flux2_vae(latent_channels)
     blocks = Flux3DistilledAutoBlocks() if distilled else Flux3AutoBlocks()
     blocks.sub_blocks.pop("prompt_upsampler", None)
     pipe = blocks.init_pipeline()
