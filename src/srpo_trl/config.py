@@ -81,7 +81,19 @@ class SRPOConfig(TrainingArguments):
             prompt edits, resized and centre-cropped to `resolution`. Used as conditioning, never rewarded.
         dataset_control_image_column (`str`, *optional*, defaults to `"control_image"`):
             Column of control images (PIL or paths) for the FLUX.1 Canny / Depth Control family: the edge or depth map
-            each prompt follows, resized and centre-cropped to `resolution`. Used as conditioning, never rewarded.
+            each prompt follows, resized and centre-cropped to `resolution`. Used as conditioning, and by the
+            consistency rewards. With `control_image_preprocessor`, the column holds the images the maps are made of.
+        control_image_preprocessor (`str`, *optional*):
+            Make the control images on the fly from `dataset_control_image_column`'s images: `"canny"` (kornia's Canny)
+            or `"depth"` (the depth model `depth_model_name_or_path`, normalised to [0, 1], near is bright).
+        depth_model_name_or_path (`str`, *optional*, defaults to `"depth-anything/Depth-Anything-V2-Small-hf"`):
+            transformers depth-estimation model (hub id or local folder) of the `"depth"` preprocessor.
+        dataset_mask_column (`str`, *optional*, defaults to `"mask"`):
+            Column of masks (PIL or paths, white where the image is repainted) for FLUX.1 Fill, whose image to repaint
+            is `dataset_reference_image_column`'s. Without the column, seeded random masks are drawn per row
+            (`srpo_trl.masks.random_mask`: boxes and brush strokes).
+        controlnet_conditioning_scale (`list[float]`, *optional*, defaults to `[1.0]`):
+            Scale of a FLUX.1 ControlNet's residuals: one value, or one per ControlNet of a multi-ControlNet.
         offline (`bool`, *optional*):
             Offline mode (the paper's real-image variant): `x0` is the VAE encoding of the dataset's image, resized
             and centre-cropped to `resolution`, with fresh noise per sample, instead of a rollout. Defaults to on
@@ -257,7 +269,26 @@ class SRPOConfig(TrainingArguments):
     )
     dataset_control_image_column: str = field(
         default="control_image",
-        metadata={"help": "Dataset column holding each prompt's control image (FLUX.1 Canny / Depth Control)."},
+        metadata={"help": "Dataset column holding each prompt's control image (FLUX.1 Canny / Depth, ControlNet)."},
+    )
+    control_image_preprocessor: str | None = field(
+        default=None,
+        metadata={
+            "help": "Make control images from the control column's images on the fly: 'canny' or 'depth'.",
+            "choices": ["canny", "depth"],
+        },
+    )
+    depth_model_name_or_path: str = field(
+        default="depth-anything/Depth-Anything-V2-Small-hf",
+        metadata={"help": "Depth-estimation model of the 'depth' control preprocessor (hub id or local folder)."},
+    )
+    dataset_mask_column: str = field(
+        default="mask",
+        metadata={"help": "Dataset column of FLUX.1 Fill's masks (white = repaint); random masks when absent."},
+    )
+    controlnet_conditioning_scale: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "ControlNet residual scale: one value, or one per ControlNet of a multi-ControlNet."},
     )
     offline: bool | None = field(
         default=None,
@@ -535,6 +566,13 @@ class SRPOConfig(TrainingArguments):
             )
         if self.reward_dtype is not None and self.reward_dtype not in REWARD_DTYPES:
             fail("reward_dtype", self.reward_dtype, f"expected one of {list(REWARD_DTYPES)}")
+        if self.control_image_preprocessor not in (None, "canny", "depth"):
+            fail("control_image_preprocessor", self.control_image_preprocessor, "expected 'canny', 'depth' or None")
+        scales = self.controlnet_conditioning_scale
+        scales = list(scales) if isinstance(scales, (list, tuple)) else [scales]
+        if not scales or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scales):
+            fail("controlnet_conditioning_scale", self.controlnet_conditioning_scale, "expected a number or a list")
+        self.controlnet_conditioning_scale = [float(v) for v in scales]
 
     @property
     def reward_torch_dtype(self) -> torch.dtype:

@@ -173,15 +173,21 @@ def collate_rows(
     reference: tuple[int, int] | None,
     offline: bool,
     reference_column: str | None = None,
+    masks: bool = False,
 ) -> dict:
     """A batch of dataset rows for the trainer: the prompts (checked), the reference images of editing families
-    resized and centre-cropped to `reference` (height, width), and, offline, the real images, resized and
-    centre-cropped to `height x width`."""
+    resized and centre-cropped to `reference` (height, width) with, for Fill (`masks`), their masks, and, offline, the
+    real images, resized and centre-cropped to `height x width`."""
     column = args.dataset_prompt_column
     batch = {"prompt": check_prompts([f[column] for f in features], column)}
     if reference is not None:
         column = reference_column or args.dataset_reference_image_column  # Control's: the control image column
         batch["reference_images"] = torch.stack([image_to_tensor(f[column], *reference) for f in features])
+    if masks:
+        from .masks import mask_to_tensor
+
+        column = args.dataset_mask_column
+        batch["masks"] = torch.stack([mask_to_tensor(f[column], *reference) for f in features])
     column = args.dataset_image_column
     if offline and column in features[0]:  # eval prompts come without images
         batch["images"] = torch.stack([image_to_tensor(f[column], height, width) for f in features])

@@ -40,7 +40,9 @@ def check_reward_output(name: str, value, batch: int) -> None:
         )
 
 
-def check_rewards_on_first_batch(rewards, images: torch.Tensor, prompts: list[str], positive: str, negative: str):
+def check_rewards_on_first_batch(
+    rewards, images: torch.Tensor, prompts: list[str], positive: str, negative: str, conditions: dict | None = None
+):
     """Each reward's own scores on the first batch, before SRP combines them.
 
     SRP's `(1 + k) * f` with `k` of shape `[B]` would broadcast one scalar for the whole batch into a valid-looking
@@ -51,7 +53,7 @@ def check_rewards_on_first_batch(rewards, images: torch.Tensor, prompts: list[st
 
     for reward in rewards:
         texts = with_control_word(positive, prompts) if reward.text_conditioned else list(prompts)
-        score = reward.score(images, texts)
+        score = reward.conditioned_score(images, texts, conditions)
         check_reward_output(reward.name, score, len(prompts))
         if not reward.text_conditioned:
             continue

@@ -138,14 +138,17 @@ class SRPOStep:
         branches: BranchBatch,
         record: Record = _no_record,
         check: bool = False,
+        conditions: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """SRP reward per branch with its words and discount `k`, and each reward's hinge on its own scale.
 
-        `check`: on the first batch, check each reward's own output before SRP combines it.
+        `check`: on the first batch, check each reward's own output before SRP combines it. `conditions`: the
+        batch's conditioning images for the rewards that compare with them (`Reward.conditions`), the same for both
+        branches.
         """
         batch = len(prompts)
         if check:
-            check_rewards_on_first_batch(self.rewards, images[:batch], prompts, *branches.words[0])
+            check_rewards_on_first_batch(self.rewards, images[:batch], prompts, *branches.words[0], conditions)
         losses = {}
         for i, (branch, words) in enumerate(zip(branches.names, branches.words)):
             branch_images = images[i * batch : (i + 1) * batch]
@@ -156,7 +159,9 @@ class SRPOStep:
             hinge = torch.zeros(batch, device=images.device)
             active = []
             for reward, weight, tau in zip(self.rewards, self.reward_weights, self.hinge_thresholds):
-                r = reward.srp(branch_images, prompts, *words, discount, inversion=branch == "inversion")
+                r = reward.srp(
+                    branch_images, prompts, *words, discount, inversion=branch == "inversion", conditions=conditions
+                )
                 if check:
                     check_reward_output(reward.name, r, batch)
                 r = r.float()
@@ -186,11 +191,12 @@ class SRPOStep:
         words: tuple[str, str],
         record: Record = _no_record,
         check: bool = False,
+        conditions: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each branch's loss for clean latents `x0` made from noise `eps` (a rollout, or real images)."""
         branches = self.branch_batch(x0, eps, text, levels, words)
         images = self.decode(self.recover(model, branches))
-        losses = self.reward_losses(images, prompts, branches, record, check)
+        losses = self.reward_losses(images, prompts, branches, record, check, conditions)
         device = x0.device
         record("levels/m", torch.tensor([float(lv.m) for lv in levels], device=device))
         record("levels/gap", torch.tensor([float(lv.gap) for lv in levels], device=device))

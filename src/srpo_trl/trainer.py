@@ -24,6 +24,7 @@ from .checkpointing import (
     point_best_checkpoint_at_published,
     publish_staged_folder,
 )
+from .conditions import BatchConditions
 from .config import SRPOConfig
 from .data import check_dataset, collate_rows, has_image_column, reference_batch
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
@@ -132,6 +133,14 @@ class SRPOTrainer(PublishingMixin, Trainer):
             self.adapter.requires_reference_image = has_image_column(
                 train_dataset, args.dataset_reference_image_column
             )
+        self.adapter.configure(args)
+        # The conditioning images rewards compare with; Fill datasets without masks get seeded random ones.
+        self.conditions = BatchConditions(self.adapter, args, [*self.rewards, *self.eval_only_rewards])
+        train_dataset = self.conditions.with_masks(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self.conditions.with_masks(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self.conditions.with_masks(eval_dataset, "eval_dataset")
         for use, guidance in self.adapter.default_guidance.items():  # unset guidance: the family's
             if getattr(args, f"{use}_guidance_scale") is None:
                 setattr(args, f"{use}_guidance_scale", guidance)
@@ -198,13 +207,16 @@ class SRPOTrainer(PublishingMixin, Trainer):
                 component.to(device)
         for reward in [*self.rewards, *self.eval_only_rewards]:
             reward.to(device)
+        self.conditions.to(device)
 
     def _collate(self, features: list[dict]) -> dict:
         reference = None
         if self.adapter.requires_reference_image:
             reference = self.adapter.reference_image_size(self.height, self.width)
         column = getattr(self.args, self.adapter.reference_image_column_field)
-        return collate_rows(features, self.args, self.height, self.width, reference, self.offline, column)
+        return collate_rows(
+            features, self.args, self.height, self.width, reference, self.offline, column, self.adapter.uses_mask
+        )
 
     def _step_generator(self) -> torch.Generator:
         """A CPU generator keyed by (seed, step, micro-batch): the same on every rank, and reproducible on resume."""
@@ -220,9 +232,11 @@ class SRPOTrainer(PublishingMixin, Trainer):
 
     # ------------------------------------------------------ randomness, sampling
 
-    def _conditioning(self, prompts: list[str], reference_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Cached text embeddings, plus the reference images' latents for image-editing families. A family whose
-        text encoder sees the reference (Qwen-Image-Edit) encodes the text with it, per batch."""
+    def _conditioning(
+        self, prompts: list[str], reference_images: torch.Tensor | None, masks: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Cached text embeddings, plus the reference images' latents for image-editing families (and Fill's masks).
+        A family whose text encoder sees the reference (Qwen-Image-Edit) encodes the text with it, per batch."""
         if not self.adapter.requires_reference_image:
             return self.text_cache.get(prompts)
         if reference_images is None:
@@ -237,7 +251,16 @@ class SRPOTrainer(PublishingMixin, Trainer):
             conditioning = self.adapter.encode_prompts(prompts, device, reference_images=reference_images)
         else:
             conditioning = self.text_cache.get(prompts)
-        return self.adapter.add_reference(conditioning, reference_images, self.height, self.width)
+        if not self.adapter.uses_mask:
+            return self.adapter.add_reference(conditioning, reference_images, self.height, self.width)
+        if masks is None:
+            raise ValueError(
+                f"{type(self.pipeline).__name__} repaints the masked part of an image: give a mask per image (dataset "
+                f"column {self.args.dataset_mask_column!r}, or generate(masks=...))"
+            )
+        return self.adapter.add_reference(
+            conditioning, reference_images, self.height, self.width, masks=masks.to(device)
+        )
 
     @torch.no_grad()
     def generate(
@@ -246,18 +269,31 @@ class SRPOTrainer(PublishingMixin, Trainer):
         seed: int = 0,
         reference_images: torch.Tensor | None = None,
         guidance_scale: float | None = None,
+        masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images `[B, 3, H, W]` in [0, 1] from the current model with the rollout's Euler sampler, in eval mode.
 
         `guidance_scale` defaults to the rollout's (`rollout_guidance_scale`). `reference_images` (a tensor
-        `[B, 3, H, W]` in [0, 1], or PIL images or paths) are required by image-editing families (Kontext); any size
-        is resized and centre-cropped as the data pipeline does for training.
+        `[B, 3, H, W]` in [0, 1], or PIL images or paths) are required by the families that take an image (Kontext's
+        to edit, Control's map, Fill's source); any size is resized and centre-cropped as the data pipeline does for
+        training, and made into control maps when `control_image_preprocessor` is set. Fill also takes `masks`
+        (`[B, 1, H, W]` at the training size, 1 where repainted, or PIL masks or paths).
         """
-        device = self.accelerator.device
+        size = self.adapter.reference_image_size(self.height, self.width)
         if reference_images is not None:
-            size = self.adapter.reference_image_size(self.height, self.width)
             reference_images = reference_batch(reference_images, *size)
-        text = self._conditioning(list(prompts), reference_images)
+        if masks is not None and not isinstance(masks, torch.Tensor):
+            from .masks import mask_to_tensor
+
+            masks = torch.stack([mask_to_tensor(mask, *size) for mask in masks])
+        references = self.conditions.references(reference_images, self.accelerator.device)
+        return self._generate(list(prompts), seed, references, masks, guidance_scale)
+
+    @torch.no_grad()
+    def _generate(self, prompts, seed, references, masks, guidance_scale) -> torch.Tensor:
+        """[`generate`] with the reference images already prepared (on the device, control maps made)."""
+        device = self.accelerator.device
+        text = self._conditioning(prompts, references, masks)
         generator = torch.Generator().manual_seed(seed)
         eps = self.adapter.sample_noise(len(prompts), self.height, self.width, generator, device)
         if guidance_scale is None:
@@ -285,7 +321,9 @@ class SRPOTrainer(PublishingMixin, Trainer):
         generator = self._step_generator()
 
         # Clean latents x0 (a rollout of the current model, or real images offline) and their noise eps.
-        text = self._conditioning(prompts, inputs.get("reference_images"))
+        references = self.conditions.references(inputs.get("reference_images"), device)
+        masks = inputs.get("masks")
+        text = self._conditioning(prompts, references, masks)
         # Every process draws the same numbers. The recipe shares eps and levels across processes; with
         # `per_process_noise` each takes its slice of a draw for the global batch, so that N processes x batch B
         # see exactly what one process x batch N*B would.
@@ -300,8 +338,9 @@ class SRPOTrainer(PublishingMixin, Trainer):
                 x0 = self.step.rollout(model, eps, text)
         levels = self.step.draw_levels(generator, draws, offset, batch)
         words = self._control_words(self.state.global_step)
+        conditions = self.conditions.for_rewards(references, masks)
         losses = self.step.losses(
-            model, x0, eps, text, prompts, levels, words, self._record, check=not self._rewards_checked
+            model, x0, eps, text, prompts, levels, words, self._record, not self._rewards_checked, conditions
         )
         self._rewards_checked = True
         return losses
@@ -358,10 +397,13 @@ class SRPOTrainer(PublishingMixin, Trainer):
         words = (self.args.positive_control_words, self.args.negative_control_words)
         for index, inputs in enumerate(dataloader):
             prompts = inputs["prompt"]
-            images = self.generate(
-                prompts, seed=self.args.seed + index, reference_images=inputs.get("reference_images")
+            references = self.conditions.references(inputs.get("reference_images"), self.accelerator.device)
+            masks = inputs.get("masks")
+            images = self._generate(prompts, self.args.seed + index, references, masks, None)
+            conditions = self.conditions.for_rewards(references, masks)
+            scores = held_out_scores(
+                self.rewards, self.reward_weights, self.eval_only_rewards, images, prompts, words, conditions
             )
-            scores = held_out_scores(self.rewards, self.reward_weights, self.eval_only_rewards, images, prompts, words)
             for key, values in scores.items():
                 sums[key].append(values)
         return {

@@ -32,6 +32,11 @@ class ModelAdapter(Protocol):
     reference_image_optional: ClassVar[bool]
     #: The `SRPOConfig` field naming the dataset column of that image (`"dataset_control_image_column"` for Control).
     reference_image_column_field: ClassVar[str]
+    #: What the reference image is to the rewards that read it (`Reward.conditions`): `"reference_images"` (an image
+    #: to edit), `"control_images"` (an edge or depth map to follow) or `"source_images"` (the image Fill repaints).
+    reference_role: ClassVar[str]
+    #: Whether each prompt comes with a mask too (FLUX.1 Fill): `add_reference` then takes `masks`.
+    uses_mask: ClassVar[bool]
     #: Whether the text encoder sees the reference image too (Qwen-Image-Edit): `encode_prompts` then takes the
     #: references, and the text conditioning is made per batch instead of cached per prompt.
     text_sees_reference: ClassVar[bool]
@@ -88,10 +93,14 @@ class ModelAdapter(Protocol):
         """Keyword arguments that make the family's stock pipeline apply the guidance `velocity` applies at
         `guidance_scale` (for `srpo-trl eval` and the model card's snippet)."""
 
+    def configure(self, args) -> None:
+        """Read the family's own settings from an `SRPOConfig` (the trainer calls it once; ControlNet's scale)."""
+
     def add_reference(
-        self, conditioning: dict[str, torch.Tensor], reference_images: torch.Tensor, height: int, width: int
+        self, conditioning: dict[str, torch.Tensor], reference_images: torch.Tensor, height: int, width: int, **extra
     ) -> dict[str, torch.Tensor]:
-        """`conditioning` plus whatever `velocity` needs of the reference images (batch-first tensors)."""
+        """`conditioning` plus whatever `velocity` needs of the reference images (batch-first tensors). A family that
+        `uses_mask` is also given `masks=` (`[B, 1, H, W]`, 1 where the image is repainted)."""
 
     def reference_image_size(self, height: int, width: int) -> tuple[int, int]:
         """`(height, width)` the data pipeline resizes reference images to, for `height x width` training images."""
@@ -166,6 +175,8 @@ class AdapterBase:
     reference_image_optional: ClassVar[bool] = False
     #: The `SRPOConfig` field naming the dataset column of the conditioning image (Control: the control image's).
     reference_image_column_field: ClassVar[str] = "dataset_reference_image_column"
+    reference_role: ClassVar[str] = "reference_images"
+    uses_mask: ClassVar[bool] = False
     text_sees_reference: ClassVar[bool] = False
     #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
     #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and
@@ -215,7 +226,10 @@ class AdapterBase:
         therefore stay frozen and carry no LoRA; `None` when every module is used."""
         return None
 
-    def add_reference(self, conditioning, reference_images, height, width):
+    def configure(self, args) -> None:
+        """Family settings from the `SRPOConfig`: the FLUX families have none besides the common ones."""
+
+    def add_reference(self, conditioning, reference_images, height, width, **extra):
         """Conditioning with the reference images added; text-to-image families have none."""
         return conditioning
 

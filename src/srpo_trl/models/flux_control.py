@@ -28,6 +28,7 @@ class FluxControlAdapter(FluxAdapter):
     family: ClassVar[str] = "flux-control"
     requires_reference_image: ClassVar[bool] = True
     reference_image_column_field: ClassVar[str] = "dataset_control_image_column"
+    reference_role: ClassVar[str] = "control_images"
 
     @torch.no_grad()
     def add_reference(self, conditioning, reference_images, height, width):

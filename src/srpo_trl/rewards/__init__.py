@@ -5,6 +5,7 @@ from .aesthetic import AestheticMLP, AestheticReward
 from .base import DEFAULT_HINGE_THRESHOLD, CallableReward, Reward, as_reward, image_only, srp_score, with_control_word
 from .clip import CLIPReward
 from .color import ColorWordReward
+from .consistency import DepthConsistencyReward, EdgeConsistencyReward, UnmaskedFidelityReward
 from .hps import convert_hps, hps_clip_model, load_state_dict_file, open_clip_to_transformers
 from .hpsv3 import HPSv3Head, HPSv3Reward
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
@@ -23,10 +24,13 @@ __all__ = [
     "CLIPReward",
     "CallableReward",
     "ColorWordReward",
+    "DepthConsistencyReward",
+    "EdgeConsistencyReward",
     "HPSv3Head",
     "HPSv3Reward",
     "Reward",
     "RewardSpec",
+    "UnmaskedFidelityReward",
     "as_reward",
     "clip_preprocess",
     "control_word_preset",

@@ -8,6 +8,11 @@ both texts cancels. Image-only rewards cannot take control words and score `f(x)
 Direct-Align); in the inversion branch, a penalty, they score `-f(x)`, which is what swapping the control
 words does for SRP.
 
+A reward that checks the generated image against the pipeline's condition (an edge or depth map to follow, the
+source image Fill repaints) names what it reads in `Reward.conditions`; the trainer passes those tensors to its
+`score` by keyword (`control_images`, `source_images` `[B, 3, H, W]` in [0, 1], `masks` `[B, 1, H, W]`, 1 where the
+image is repainted).
+
 Each reward's scores live on their own scale, so each has its own hinge threshold `tau` in the loss
 `relu(tau - R) / 2` (`Reward.hinge_threshold`; the recipe's 0.7 is on HPS's SRP scale).
 """
@@ -49,13 +54,29 @@ class Reward(nn.Module):
     name: str = "reward"
     text_conditioned: bool = True
     hinge_threshold: float = DEFAULT_HINGE_THRESHOLD
+    #: The pipeline's conditioning this reward reads, passed to `score` by keyword: `"control_images"`,
+    #: `"source_images"`, `"masks"` (see the module docstring). Empty for preference rewards.
+    conditions: tuple[str, ...] = ()
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Reward `[B]` of each image for its text."""
+    def score(self, images: torch.Tensor, prompts: Sequence[str], **conditions) -> torch.Tensor:
+        """Reward `[B]` of each image for its text (and the `conditions` it declares)."""
         raise NotImplementedError
 
-    def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.score(images, prompts)
+    def forward(self, images: torch.Tensor, prompts: Sequence[str], **conditions) -> torch.Tensor:
+        return self.score(images, prompts, **conditions)
+
+    def conditioned_score(self, images, prompts, conditions: dict | None = None) -> torch.Tensor:
+        """`score` given the conditions this reward declares, picked from `conditions` (a dict holding at least
+        those)."""
+        if not self.conditions:
+            return self.score(images, prompts)
+        missing = [name for name in self.conditions if conditions is None or name not in conditions]
+        if missing:
+            raise ValueError(
+                f"reward {self.name!r} compares the image with the pipeline's condition and needs {missing}; this "
+                f"pipeline gives {sorted(conditions or {})}"
+            )
+        return self.score(images, prompts, **{name: conditions[name] for name in self.conditions})
 
     def srp(
         self,
@@ -66,6 +87,7 @@ class Reward(nn.Module):
         k: torch.Tensor | float,
         *,
         inversion: bool = False,
+        conditions: dict | None = None,
     ) -> torch.Tensor:
         """Semantic relative preference `(1 + k) f(x, pos. p) - f(x, neg. p)`, per sample.
 
@@ -75,7 +97,7 @@ class Reward(nn.Module):
         direction to the denoise step's.)
         """
         if not self.text_conditioned:
-            score = self.score(images, prompts)
+            score = self.conditioned_score(images, prompts, conditions)
             return -score if inversion else score
         positive = self.score(images, with_control_word(positive_word, prompts))
         negative = self.score(images, with_control_word(negative_word, prompts))
@@ -155,13 +177,15 @@ def as_reward(reward: Reward | Callable) -> Reward:
     )
 
 
-def srp_score(reward: Reward, images: torch.Tensor, prompts: Sequence[str], positive_words, negative_words):
+def srp_score(
+    reward: Reward, images: torch.Tensor, prompts: Sequence[str], positive_words, negative_words, conditions=None
+):
     """Evaluation SRP (`k = 0`, averaged over the words): `mean_p f(x, p. prompt) - mean_n f(x, n. prompt)`.
 
     Image-only rewards give their plain `f(x)`.
     """
     if not reward.text_conditioned:
-        return reward.score(images, prompts).float()
+        return reward.conditioned_score(images, prompts, conditions).float()
 
     def mean_over(words):
         return torch.stack([reward.score(images, with_control_word(w, prompts)).float() for w in words]).mean(0)
@@ -170,15 +194,17 @@ def srp_score(reward: Reward, images: torch.Tensor, prompts: Sequence[str], posi
 
 
 @torch.no_grad()
-def held_out_scores(rewards, weights, watched, images: torch.Tensor, prompts, words) -> dict[str, torch.Tensor]:
+def held_out_scores(
+    rewards, weights, watched, images: torch.Tensor, prompts, words, conditions=None
+) -> dict[str, torch.Tensor]:
     """Per-sample evaluation scores: each reward's SRP ([`srp_score`], `k = 0`) and plain `f(x, prompt)`, and
     `reward`, the weighted SRP of the trained `rewards`; the `watched` rewards are scored, never weighted in."""
     scores = {}
     total = torch.zeros(len(prompts), device=images.device)
     for reward, weight in zip([*rewards, *watched], [*weights, *[0.0] * len(watched)]):
-        srp = srp_score(reward, images, prompts, *words)
+        srp = srp_score(reward, images, prompts, *words, conditions)
         scores[f"rewards/{reward.name}/srp"] = srp
-        scores[f"rewards/{reward.name}/plain"] = reward.score(images, prompts).float()
+        scores[f"rewards/{reward.name}/plain"] = reward.conditioned_score(images, prompts, conditions).float()
         total = total + weight * srp
     scores["reward"] = total
     return scores

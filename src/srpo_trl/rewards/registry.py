@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..control_maps import DEFAULT_DEPTH_MODEL
 from .aesthetic import AESTHETIC_HINGE_THRESHOLD
 from .base import DEFAULT_HINGE_THRESHOLD, Reward
 from .hpsv3 import HPSV3_BASE, HPSV3_CHECKPOINT, HPSV3_FILENAME, HPSV3_HINGE_THRESHOLD
@@ -127,12 +128,25 @@ REWARDS: dict[str, RewardSpec] = {
             description="Human Preference Score v3 (a Qwen2-VL-7B reward with an MLP head)",
             hinge_threshold=HPSV3_HINGE_THRESHOLD,
         ),
+        RewardSpec(
+            name="depth-consistency",
+            family="depth",
+            checkpoint=DEFAULT_DEPTH_MODEL,
+            filename=None,
+            tokenizer=None,
+            license="apache-2.0 (Depth Anything V2 Small)",
+            text_conditioned=False,
+            output_scale="-(1 - r^2) of the scale- and shift-aligned depth maps, in [-1, 0]",
+            parameters="25 M (Depth Anything V2 Small)",
+            description="the generated image's depth against the control depth map (FLUX.1 Depth, depth ControlNets)",
+            hinge_threshold=1.0,
+        ),
     ]
 }
 
-#: Names that load a reward shipped with the package (nothing to download): the demo's tiny CLIP reward, and the
-#: colour-word stand-in that needs no model.
-BUILT_IN_REWARDS = ("shapes-clip", "color")
+#: Names that load a reward shipped with the package (nothing to download): the demo's tiny CLIP reward, the
+#: colour-word stand-in that needs no model, and the model-free consistency rewards (`rewards.consistency`).
+BUILT_IN_REWARDS = ("shapes-clip", "color", "edge-consistency", "unmasked-fidelity")
 
 
 def reward_names() -> list[str]:
@@ -226,7 +240,14 @@ def _load_hpsv3(spec: RewardSpec, path: str | None, dtype, base: str | None = No
     return HPSv3Reward.from_checkpoint(checkpoint, base=base or spec.tokenizer, dtype=dtype, name=spec.name, **kwargs)
 
 
+def _load_depth(spec: RewardSpec, path: str | None, dtype) -> Reward:
+    from .consistency import DepthConsistencyReward
+
+    return DepthConsistencyReward(path or spec.checkpoint, dtype=dtype)
+
+
 _LOADERS: dict[str, Callable[..., Reward]] = {
+    "depth": _load_depth,
     "clip": _load_clip,
     "hps": _load_hps,
     "aesthetic": _load_aesthetic,
@@ -248,8 +269,9 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
 
     Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, `hpsv3`,
-    `shapes-clip`, the tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), and `color`, a
-    colour-word stand-in (see `REWARDS` and the rewards page of the docs). Without a path the checkpoint is
+    `depth-consistency`, `shapes-clip`, the tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), `color`,
+    a colour-word stand-in, and the consistency rewards `edge-consistency` and `unmasked-fidelity` (see `REWARDS` and
+    the rewards page of the docs). Without a path the checkpoint is
     downloaded from its usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint
     or a folder written by `srpo-trl convert-hps` (a checkpoint file uses a tokenizer saved beside it, else
     the ViT-H-14 one from the Hub); CLIP and PickScore, a transformers CLIP folder; the aesthetic
@@ -259,7 +281,8 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     `HPSv3.safetensors` file alone (config and tokenizer then from a folder beside it that has them, else
     from `base=`, a folder or hub id, by default `Qwen/Qwen2-VL-7B-Instruct`); HPSv3's instruction comes from
     `hpsv3_instruction.txt` beside the checkpoint or in `base`, or from `instruction=` (not shipped: see the
-    rewards page of the docs).
+    rewards page of the docs); depth consistency, a transformers depth-estimation folder with its
+    `preprocessor_config.json`.
 
     Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), `base`,
     `instruction`, `min_pixels` and `max_pixels` (HPSv3), and, for HPS checkpoints, the conversion's `vision_heads` /
@@ -275,6 +298,10 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
         from ..pretrained import shapes_reward
 
         return shapes_reward(dtype=dtype, **kwargs)
+    if name_or_path in ("edge-consistency", "unmasked-fidelity"):  # compare with the condition; no model
+        from .consistency import EdgeConsistencyReward, UnmaskedFidelityReward
+
+        return {"edge-consistency": EdgeConsistencyReward, "unmasked-fidelity": UnmaskedFidelityReward}[name_or_path]()
     name, embedded_path = split_name_and_path(name_or_path)
     path = path or embedded_path
     if name is not None:
