@@ -3,7 +3,8 @@ Fill's random masks.
 
 Each reward prefers the image that matches its condition and is differentiable in the image; at the recipe's
 defaults its two branches pull the same way (the branch cosine every reward passes, tests/test_reward_gradients.py),
-and one real step beside a preference reward goes uphill on both branches on a bf16-loaded pipeline. A reward that
+and one real step beside a preference reward goes uphill on both branches on a bf16-loaded pipeline (Canny and Depth
+Control, a Canny ControlNet, Fill), with the control maps made on the fly from the dataset's photos. A reward that
 needs a condition the pipeline does not take, or a preprocessor on a pipeline without control images, fails before
 training.
 """
@@ -22,7 +23,13 @@ from srpo_trl.control_maps import DepthEstimator, canny_maps
 from srpo_trl.data import image_to_tensor
 from srpo_trl.masks import mask_to_tensor, random_mask, with_random_masks
 from srpo_trl.rewards import load_reward
-from srpo_trl.testing import save_tiny_depth_model, tiny_colour_flux_pipeline, tiny_flux_control_pipeline
+from srpo_trl.testing import (
+    save_tiny_depth_model,
+    tiny_colour_flux_pipeline,
+    tiny_flux_control_pipeline,
+    tiny_flux_controlnet_pipeline,
+    tiny_flux_fill_pipeline,
+)
 
 SIZE = 64
 PROMPTS = ["a cat", "a dog on a hill", "a house", "the sea"]
@@ -107,8 +114,10 @@ def test_random_masks_are_seeded_binary_boxes_and_strokes():
     assert not torch.equal(tensors[0], tensors[1]) and set(tensors[0].unique().tolist()) == {0.0, 1.0}
 
 
-def _control_trainer(config, rewards, photos, lora=True, dtype=torch.float32, **overrides):
-    pipe = tiny_flux_control_pipeline(0)
+def _control_trainer(
+    config, rewards, photos, lora=True, dtype=torch.float32, build=tiny_flux_control_pipeline, **overrides
+):
+    pipe = build(0)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     data = Dataset.from_dict({"prompt": PROMPTS, "control_image": [_pil(p) for p in photos]})
@@ -145,12 +154,48 @@ def test_the_control_rewards_branches_pull_the_same_way_at_the_defaults(config, 
     assert cosine > 0.5, cosine
 
 
-@pytest.mark.parametrize("preprocessor", ["canny", "depth"])
-def test_a_step_beside_a_preference_reward_goes_uphill_with_maps_made_on_the_fly(config, depth_folder, preprocessor):
+def _fill_trainer(config, rewards, dtype=torch.float32, **overrides):
+    """Fill on the photos with seeded random masks (the dataset has no mask column)."""
+    pipe = tiny_flux_fill_pipeline(0)
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    data = Dataset.from_dict({"prompt": PROMPTS, "reference_image": [_pil(p) for p in _photos(4, 3)]})
+    args = config(max_sequence_length=32, per_device_train_batch_size=4, reward_dtype="float32", **overrides)
+    peft = LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian")
+    return SRPOTrainer(pipe, rewards, args=args, train_dataset=data, peft_config=peft)
+
+
+def test_the_fidelity_rewards_branches_pull_the_same_way_at_the_defaults(config):
+    trainer = _fill_trainer(config, "unmasked-fidelity")
+    rows = [trainer.train_dataset[i] for i in range(4)]  # with their random masks
+    cosine = _branch_cosine(trainer, rows)
+    print(f"unmasked-fidelity: branch cosine {cosine:.2f}")
+    assert cosine > 0.5, cosine
+
+
+def test_a_fill_step_beside_a_preference_reward_goes_uphill(config):
+    trainer = _fill_trainer(config, [ColorWordReward(), "unmasked-fidelity"], dtype=torch.bfloat16, max_steps=1)
+    step = uphill_step(trainer)
+    assert set(step.dots) == {"denoise", "inversion"} and step.uphill, step.dots
+    assert step.dtypes == {torch.float32} and "rewards/unmasked-fidelity/mean" in trainer.state.log_history[0]
+
+
+@pytest.mark.parametrize(
+    "preprocessor, build",
+    [
+        ("canny", tiny_flux_control_pipeline),
+        ("depth", tiny_flux_control_pipeline),
+        ("canny", tiny_flux_controlnet_pipeline),
+    ],
+    ids=["control-canny", "control-depth", "controlnet-canny"],
+)
+def test_a_step_beside_a_preference_reward_goes_uphill_with_maps_made_on_the_fly(
+    config, depth_folder, preprocessor, build
+):
     photos = _photos(4, 2)
     consistency = "edge-consistency" if preprocessor == "canny" else f"depth-consistency:{depth_folder}"
     trainer = _control_trainer(
-        config, [ColorWordReward(), consistency], photos, dtype=torch.bfloat16, max_steps=1,
+        config, [ColorWordReward(), consistency], photos, dtype=torch.bfloat16, max_steps=1, build=build,
         control_image_preprocessor=preprocessor, depth_model_name_or_path=depth_folder,
     )  # fmt: skip
     seen = []

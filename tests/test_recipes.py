@@ -85,3 +85,30 @@ def test_flux3_recipes_parse_with_their_chosen_guidance_and_steps(name, distille
     assert (args.rollout_guidance_scale, args.train_guidance_scale) == ((1.0, 1.0) if distilled else (3.5, 1.0))
     assert (args.learning_rate, args.max_grad_norm, args.hinge_threshold) == (5e-6, 0.1, [0.7])
     assert args.use_inversion_branch and args.time_shift is None  # the scheduler's static shift
+
+
+#: name -> (base model, rewards, their weights, rollout / train / sample guidance, control preprocessor)
+CONDITIONED = {
+    "flux_fill_dev_lora.yaml": ("FLUX.1-Fill-dev", ["hpsv2.1", "unmasked-fidelity"], [1.0, 0.5], 30.0, None),
+    "flux_canny_dev_lora.yaml": ("FLUX.1-Canny-dev", ["hpsv2.1", "edge-consistency"], [1.0, 0.5], 30.0, "canny"),
+    "flux_depth_dev_lora.yaml": ("FLUX.1-Depth-dev", ["hpsv2.1", "depth-consistency"], [1.0, 0.5], 10.0, "depth"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONDITIONED))
+def test_conditioned_flux_recipes_pair_hps_with_a_consistency_reward(name, tmp_path):
+    base, rewards, weights, guidance, preprocessor = CONDITIONED[name]
+    script, args, model = _parse(name, tmp_path)
+    assert model.model_name_or_path == f"black-forest-labs/{base}" and model.use_peft
+    assert script.reward_funcs == rewards and args.reward_weights == weights
+    assert args.hinge_threshold is None  # each reward's own: one value would put HPS's 0.7 on the consistency reward
+    assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == (guidance,) * 3
+    assert args.control_image_preprocessor == preprocessor and args.control_words == "hps-realism"
+    assert (args.learning_rate, args.max_grad_norm, args.use_inversion_branch) == (5e-6, 0.1, True)
+
+
+def test_the_chroma_recipe_uses_real_cfg_in_the_rollout_and_one_call_in_training(tmp_path):
+    script, args, model = _parse("chroma1_hd_lora.yaml", tmp_path)
+    assert model.model_name_or_path == "lodestones/Chroma1-HD" and script.reward_funcs == ["hpsv2.1"]
+    assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == (5.0, 1.0, 5.0)
+    assert args.time_shift is None and (args.learning_rate, args.hinge_threshold) == (5e-6, [0.7])

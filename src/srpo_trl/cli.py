@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="Guidance scale (default: the family's, 3.5 for FLUX.1-dev; Qwen-Image: true CFG 4.0).",
     )
     evaluate.add_argument("--max_sequence_length", type=int, default=512, help="Text tokens (default: 512).")
+    evaluate.add_argument(
+        "--reference_image_column", default="reference_image", help="Images to edit (Kontext) or repaint (Fill)."
+    )
+    evaluate.add_argument(
+        "--control_image_column", default="control_image", help="Control maps (Control, ControlNet)."
+    )
+    evaluate.add_argument("--mask_column", default="mask", help="Fill's masks, white = repaint (default: random).")
+    evaluate.add_argument(
+        "--control_image_preprocessor", choices=["canny", "depth"], help="Make the control maps from the images."
+    )
+    evaluate.add_argument("--depth_model_name_or_path", help="Depth model of the 'depth' preprocessor and reward.")
+    evaluate.add_argument(
+        "--controlnet_name_or_path", nargs="+", help="FLUX.1 ControlNet(s) to join to --model (hub ids or folders)."
+    )
+    evaluate.add_argument(
+        "--controlnet_conditioning_scale", type=float, nargs="+", help="ControlNet scale(s) (default: the pipeline's)."
+    )
     evaluate.add_argument("--batch_size", type=int, default=4, help="Prompts per pipeline call (default: 4).")
     evaluate.add_argument("--seed", type=int, default=0, help="Seed of the first batch (default: 0).")
     evaluate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -152,9 +169,11 @@ def _eval(args) -> int:
 
     preset = control_word_preset(args.control_words)
     dataset = load_prompt_dataset(args.prompts, split=args.split, prompt_column=args.prompt_column)
-    prompts = list(dataset[args.prompt_column])
     if args.num_prompts is not None:
-        prompts = prompts[: args.num_prompts]
+        dataset = dataset.select(range(min(args.num_prompts, len(dataset))))
+    prompts = list(dataset[args.prompt_column])
+    image_columns = (args.reference_image_column, args.control_image_column, args.mask_column)
+    columns = {name: list(dataset[name]) for name in image_columns if name in dataset.column_names}
     if not prompts:
         raise SystemExit(f"srpo-trl eval: {args.prompts!r} holds no prompts")
     settings = EvalSettings(
@@ -166,6 +185,13 @@ def _eval(args) -> int:
         max_sequence_length=args.max_sequence_length,
         positive_control_words=args.positive_control_words or list(preset.positive),
         negative_control_words=args.negative_control_words or list(preset.negative),
+        reference_image_column=args.reference_image_column,
+        control_image_column=args.control_image_column,
+        mask_column=args.mask_column,
+        control_image_preprocessor=args.control_image_preprocessor,
+        depth_model_name_or_path=args.depth_model_name_or_path,
+        controlnet_conditioning_scale=args.controlnet_conditioning_scale,
+        controlnet_name_or_path=args.controlnet_name_or_path,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_eval(
@@ -178,6 +204,7 @@ def _eval(args) -> int:
         dtype=getattr(torch, args.dtype),
         device=device,
         overwrite_output_dir=args.overwrite_output_dir,
+        columns=columns,
     )
     return 0
 

@@ -92,8 +92,15 @@ class SRPOConfig(TrainingArguments):
             Column of masks (PIL or paths, white where the image is repainted) for FLUX.1 Fill, whose image to repaint
             is `dataset_reference_image_column`'s. Without the column, seeded random masks are drawn per row
             (`srpo_trl.masks.random_mask`: boxes and brush strokes).
+        controlnet_name_or_path (`list[str]`, *optional*):
+            FLUX.1 ControlNet(s) to train beside: hub ids or folders of `FluxControlNetModel`s. With a model id or path,
+            the trainer builds `FluxControlNetPipeline.from_pretrained(model, controlnet=...)` (several: a
+            `FluxMultiControlNetModel`), as diffusers documents it; a pipeline object already holds its ControlNet.
         controlnet_conditioning_scale (`list[float]`, *optional*, defaults to `[1.0]`):
             Scale of a FLUX.1 ControlNet's residuals: one value, or one per ControlNet of a multi-ControlNet.
+        controlnet_control_mode (`list[int]`, *optional*):
+            A union ControlNet's mode (the kind of control image, as the stock pipeline's `control_mode`): one value, or
+            one per ControlNet. Required by union ControlNets; other ControlNets ignore it.
         offline (`bool`, *optional*):
             Offline mode (the paper's real-image variant): `x0` is the VAE encoding of the dataset's image, resized
             and centre-cropped to `resolution`, with fresh noise per sample, instead of a rollout. Defaults to on
@@ -286,9 +293,17 @@ class SRPOConfig(TrainingArguments):
         default="mask",
         metadata={"help": "Dataset column of FLUX.1 Fill's masks (white = repaint); random masks when absent."},
     )
+    controlnet_name_or_path: list[str] | None = field(
+        default=None,
+        metadata={"help": "FLUX.1 ControlNet(s) (hub ids or folders) joined to the base model's pipeline."},
+    )
     controlnet_conditioning_scale: list[float] = field(
         default_factory=lambda: [1.0],
         metadata={"help": "ControlNet residual scale: one value, or one per ControlNet of a multi-ControlNet."},
+    )
+    controlnet_control_mode: list[int] | None = field(
+        default=None,
+        metadata={"help": "A union ControlNet's control mode: one value, or one per ControlNet."},
     )
     offline: bool | None = field(
         default=None,
@@ -573,6 +588,14 @@ class SRPOConfig(TrainingArguments):
         if not scales or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scales):
             fail("controlnet_conditioning_scale", self.controlnet_conditioning_scale, "expected a number or a list")
         self.controlnet_conditioning_scale = [float(v) for v in scales]
+        if isinstance(self.controlnet_name_or_path, str):
+            self.controlnet_name_or_path = [self.controlnet_name_or_path]
+        mode = self.controlnet_control_mode
+        if mode is not None:
+            mode = list(mode) if isinstance(mode, (list, tuple)) else [mode]
+            if not mode or not all(isinstance(v, int) and not isinstance(v, bool) for v in mode):
+                fail("controlnet_control_mode", self.controlnet_control_mode, "expected an int or a list of ints")
+            self.controlnet_control_mode = mode
 
     @property
     def reward_torch_dtype(self) -> torch.dtype:

@@ -6,6 +6,11 @@ so the numbers describe what users get at inference, with the same seeds before 
 gives its plain score `f(x, prompt)` and, for text-conditioned rewards, the SRP score (`k = 0`, averaged
 over the control words). The result is a JSON of per-reward mean and std before and after, and their
 difference, plus a side-by-side image grid.
+
+Families that take an image besides the prompt (an image to edit, a control map, Fill's source and mask) read it
+from the prompts' dataset, one per prompt, resized and centre-cropped to the resolution as in training (control maps
+made from its images with `control_image_preprocessor`; Fill's masks drawn at random, seeded, when the dataset has
+none); the consistency rewards compare the images with the same inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,58 @@ class EvalSettings:
     max_sequence_length: int = 512
     positive_control_words: list[str] = field(default_factory=list)
     negative_control_words: list[str] = field(default_factory=list)
+    # The dataset columns of the families that take an image besides the prompt (as SRPOConfig's).
+    reference_image_column: str = "reference_image"
+    control_image_column: str = "control_image"
+    mask_column: str = "mask"
+    control_image_preprocessor: str | None = None
+    depth_model_name_or_path: str | None = None
+    controlnet_conditioning_scale: list[float] | None = None  # ControlNet pipelines only; the stock default is 1
+    controlnet_name_or_path: list[str] | None = None  # ControlNet(s) joined to a FLUX.1 base (see load_pipeline)
+
+
+def conditioning_inputs(family, columns: dict | None, settings: EvalSettings, count: int):
+    """`(images, masks)` the family's pipeline takes besides the prompts, `[count, 3, R, R]` / `[count, 1, R, R]`
+    tensors at the resolution `R` (or `None`), read from the prompts' dataset `columns` as training reads them."""
+    if not family.requires_reference_image:
+        return None, None
+    from .data import image_to_tensor
+    from .masks import mask_to_tensor, random_mask
+
+    column = {
+        "dataset_reference_image_column": settings.reference_image_column,
+        "dataset_control_image_column": settings.control_image_column,
+    }[family.reference_image_column_field]
+    if not columns or column not in columns:
+        flag = "--control_image_column" if column == settings.control_image_column else "--reference_image_column"
+        raise ValueError(
+            f"srpo-trl eval: the {family.family} family takes an image per prompt, and the prompts' dataset has no "
+            f"column {column!r} (set {flag}); its columns: {sorted(columns or [])}"
+        )
+    size = settings.resolution
+    images = torch.stack([image_to_tensor(image, size, size) for image in columns[column][:count]])
+    if settings.control_image_preprocessor is not None:
+        from .control_maps import DEFAULT_DEPTH_MODEL, DepthEstimator, make_control_maps
+
+        depth = None
+        if settings.control_image_preprocessor == "depth":
+            depth = DepthEstimator(settings.depth_model_name_or_path or DEFAULT_DEPTH_MODEL)
+        images = make_control_maps(settings.control_image_preprocessor, images, depth)
+    masks = None
+    if family.uses_mask:
+        given = columns.get(settings.mask_column)
+        given = (
+            given[:count] if given is not None else [random_mask(size, size, settings.seed + i) for i in range(count)]
+        )
+        masks = torch.stack([mask_to_tensor(mask, size, size) for mask in given])
+    return images, masks
+
+
+def _to_pil(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
 def _load_transformer(pipeline, source: str) -> None:
@@ -69,8 +126,9 @@ def load_result(pipeline, result: str) -> str:
 
 
 @torch.no_grad()
-def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tensor:
-    """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`."""
+def generate(pipeline, prompts: list[str], settings: EvalSettings, references=None, masks=None) -> torch.Tensor:
+    """Images `[N, 3, H, W]` in [0, 1] from the stock pipeline; batch `i` uses seed `settings.seed + i`.
+    `references` / `masks`: the families' images besides the prompts (see [`conditioning_inputs`])."""
     from .models import adapter_class, get_adapter
     from .modular import is_modular, modular_images
 
@@ -87,6 +145,18 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tens
     images = []
     for i, start in enumerate(range(0, len(prompts), settings.batch_size)):
         batch = prompts[start : start + settings.batch_size]
+        extra = {}
+        if references is not None:
+            rows = slice(start, start + settings.batch_size)
+            extra = family.pipeline_condition_kwargs(
+                _to_pil(references[rows]), _to_pil(masks[rows]) if masks is not None else None
+            )
+        nets = getattr(getattr(pipeline, "controlnet", None), "nets", None)
+        if nets is not None and "control_image" in extra:  # a multi-ControlNet takes a batch per net: the same one
+            extra["control_image"] = [extra["control_image"]] * len(nets)
+        if settings.controlnet_conditioning_scale is not None:
+            scales = settings.controlnet_conditioning_scale
+            extra["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else list(scales)
         out = pipeline(
             prompt=batch,
             height=settings.resolution,
@@ -96,21 +166,24 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings) -> torch.Tens
             generator=torch.Generator().manual_seed(settings.seed + i),
             output_type="pt",
             **family.pipeline_guidance_kwargs(guidance),  # Qwen-Image: true CFG with its negative prompt
+            **extra,
         )
         images.append(out.images.float().cpu())
     return torch.cat(images)
 
 
 @torch.no_grad()
-def score(rewards, images: torch.Tensor, prompts: list[str], settings: EvalSettings) -> dict[str, dict]:
-    """Per reward: `{"plain": tensor[N]}` and, when text-conditioned, `"srp"`."""
+def score(rewards, images: torch.Tensor, prompts: list[str], settings: EvalSettings, conditions=None) -> dict:
+    """Per reward: `{"plain": tensor[N]}` and, when text-conditioned, `"srp"`. `conditions`: the inputs the
+    consistency rewards compare with (`Reward.conditions`)."""
     from .rewards import srp_score
 
     scores = {}
     for reward in rewards:
         device = next(reward.parameters(), torch.empty(0)).device
         x = images.to(device)
-        entry = {"plain": reward.score(x, prompts).float().cpu()}
+        given = {name: value.to(device) for name, value in (conditions or {}).items()}
+        entry = {"plain": reward.conditioned_score(x, prompts, given).float().cpu()}
         if reward.text_conditioned:
             entry["srp"] = srp_score(
                 reward, x, prompts, settings.positive_control_words, settings.negative_control_words
@@ -148,12 +221,14 @@ def run_eval(
     device: str = "cpu",
     log=print,
     overwrite_output_dir: bool = False,
+    columns: dict | None = None,
 ) -> dict:
     """Score `model` (and `model` + `result`) on `prompts`; write `eval.json` and `eval_grid.png` to `output_dir`.
 
     An `output_dir` that holds a previous result (an earlier evaluation, or a training run's weights or checkpoints)
     stops the evaluation before any model loads, unless `overwrite_output_dir` is set: then this evaluation's two
-    files replace their namesakes, and nothing else there is touched.
+    files replace their namesakes, and nothing else there is touched. `columns`: the prompts' dataset's other
+    columns (name -> values, row-aligned with `prompts`), read by the families that take an image besides the prompt.
     """
     from .output_folder import refuse_previous_result
     from .preparation import load_pipeline
@@ -178,23 +253,34 @@ def run_eval(
         raise ValueError("srpo-trl eval: a text-conditioned reward needs positive and negative control words")
     # A variant (Img2Img, Inpaint, KV) is scored as the text-to-image model it holds: the family's own pipeline over
     # the same components.
-    pipeline = sampling_pipeline(load_pipeline(model, {"torch_dtype": dtype})).to(device)
+    loaded = load_pipeline(model, {"torch_dtype": dtype}, settings.controlnet_name_or_path)
+    pipeline = sampling_pipeline(loaded).to(device)
     family = adapter_class(type(pipeline))
-    if family.requires_reference_image:
-        raise ValueError(f"srpo-trl eval scores text-to-image pipelines; {type(pipeline).__name__} edits images")
+    references, masks = conditioning_inputs(family, columns, settings, len(prompts))
+    conditions = {}
+    if references is not None:
+        conditions[family.reference_role] = references
+    if masks is not None:
+        conditions["masks"] = masks
+    for reward in rewards:
+        if any(name not in conditions for name in reward.conditions):
+            raise ValueError(
+                f"srpo-trl eval: reward {reward.name!r} compares the images with {list(reward.conditions)}; "
+                f"{type(pipeline).__name__} takes {sorted(conditions) or 'only the prompt'}"
+            )
     if settings.guidance_scale is None:  # recorded in eval.json as used: the family's inference default
         settings = dataclasses.replace(settings, guidance_scale=get_adapter(pipeline).default_guidance["sample"])
     pipeline.set_progress_bar_config(disable=True)
     log(f"srpo-trl eval: {len(prompts)} prompts, rewards {reward_funcs}, {settings.resolution}px")
-    before_images = generate(pipeline, prompts, settings)
-    before = score(rewards, before_images, prompts, settings)
+    before_images = generate(pipeline, prompts, settings, references, masks)
+    before = score(rewards, before_images, prompts, settings, conditions)
     after_images = after = None
     if result is not None:
         kind = load_result(pipeline, result)
         pipeline.to(device)
         log(f"  loaded {result} ({kind})")
-        after_images = generate(pipeline, prompts, settings)
-        after = score(rewards, after_images, prompts, settings)
+        after_images = generate(pipeline, prompts, settings, references, masks)
+        after = score(rewards, after_images, prompts, settings, conditions)
     report = {
         "model": model,
         "result": result,

@@ -104,6 +104,9 @@ class InferenceSettings:
     max_sequence_length: int | None = None  # given only when the run's differs from the pipeline's default (512)
     dtype: str = "bfloat16"
     device: str = "cuda"
+    #: A ControlNet pipeline's ControlNet(s), hub ids or folders, loaded apart from the base (as diffusers documents).
+    controlnets: list[str] | None = None
+    controlnet_conditioning_scale: list[float] | None = None
 
 
 def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: float) -> str:
@@ -122,6 +125,9 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
     # A modular pipeline's first positional argument is its state: the prompt goes by name.
     lines = [f"prompt={prompt}," if support.modular else f"{prompt},"] + list(support.inputs)
     lines += [f"{k}={v!r}," for k, v in arguments.items() if v is not None]
+    scales = settings.controlnet_conditioning_scale
+    if scales is not None and scales != [1.0]:
+        lines.append(f"controlnet_conditioning_scale={scales[0] if len(scales) == 1 else scales!r},")
     return "".join(f"\n    {line}" for line in lines) + "\n"
 
 
@@ -156,6 +162,22 @@ def _loading_snippet(
     imports = f"import torch\nfrom diffusers import {pipeline_class}"
     if _support(pipeline_class).inputs:  # a variant's own inputs are images
         imports += "\nfrom diffusers.utils import load_image"
+    if settings.controlnets and base_model is not None:  # the ControlNet(s) load apart, and join the base pipeline
+        imports = imports.replace(pipeline_class, f"FluxControlNetModel, {pipeline_class}", 1)
+        nets = [f'FluxControlNetModel.from_pretrained("{c}", torch_dtype={dtype})' for c in settings.controlnets]
+        if len(nets) == 1:
+            load_nets = f"controlnet = {nets[0]}"
+        else:
+            imports = imports.replace("FluxControlNetModel,", "FluxControlNetModel, FluxMultiControlNetModel,", 1)
+            load_nets = "controlnet = FluxMultiControlNetModel([\n" + "".join(f"    {n},\n" for n in nets) + "])"
+        load_base = load_nets + "\n" + load_base.replace(", torch_dtype=", ", controlnet=controlnet, torch_dtype=")
+        load_base_with_transformer = (
+            load_nets
+            + "\n"
+            + load_base_with_transformer.replace(
+                "transformer=transformer,", "transformer=transformer, controlnet=controlnet,"
+            )
+        )
     if lora:
         return f"""{imports}
 
@@ -370,6 +392,13 @@ def _run_inference_settings(trainer, samples) -> InferenceSettings:
     prompt = _first_prompt(trainer, samples)
     if prompt is not None:
         settings.prompt = prompt
+    if hasattr(trainer.pipeline, "controlnet"):
+        settings.controlnet_conditioning_scale = list(args.controlnet_conditioning_scale)
+        nets = getattr(trainer.pipeline.controlnet, "nets", [trainer.pipeline.controlnet])
+        names = [net.config.get("_name_or_path") for net in nets]
+        # Loaded by its own id or folder (as diffusers documents), not from a subfolder of a saved pipeline.
+        if all(names) and not any(os.path.isfile(os.path.join(os.path.dirname(n), "model_index.json")) for n in names):
+            settings.controlnets = names
     return settings
 
 

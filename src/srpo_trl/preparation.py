@@ -27,10 +27,14 @@ from .rewards.base import IMAGE_ONLY_NOTICE
 logger = logging.getLogger(__name__)
 
 
-def load_pipeline(model, model_init_kwargs: dict | None):
+def load_pipeline(model, model_init_kwargs: dict | None, controlnets: list[str] | None = None):
     """A diffusers pipeline object as is, or one loaded from a hub id / local path: a classic pipeline, or a modular
-    one (a folder with `modular_model_index.json` only, or a hub repo without a classic index, as FLUX.3's)."""
+    one (a folder with `modular_model_index.json` only, or a hub repo without a classic index, as FLUX.3's). With
+    `controlnets` (hub ids or folders of `FluxControlNetModel`s), a `FluxControlNetPipeline` of the FLUX.1 base `model`
+    and those ControlNets (a `FluxMultiControlNetModel` when there are several), as diffusers documents it."""
     if not isinstance(model, str):
+        if controlnets:
+            raise ValueError("SRPOConfig.controlnet_name_or_path: give it with a model id or path, not a pipeline")
         return model
     from diffusers import DiffusionPipeline
 
@@ -42,6 +46,13 @@ def load_pipeline(model, model_init_kwargs: dict | None):
     dtype = kwargs.get("torch_dtype")
     if isinstance(dtype, str) and dtype != "auto":
         kwargs["torch_dtype"] = getattr(torch, dtype)
+    if controlnets:
+        from diffusers import FluxControlNetModel, FluxControlNetPipeline, FluxMultiControlNetModel
+
+        dtype = kwargs.get("torch_dtype", torch.float32)
+        nets = [FluxControlNetModel.from_pretrained(c, torch_dtype=dtype) for c in controlnets]
+        controlnet = nets[0] if len(nets) == 1 else FluxMultiControlNetModel(nets)
+        return FluxControlNetPipeline.from_pretrained(model, controlnet=controlnet, **kwargs)
     if os.path.isdir(model) and has_modular_index(model):
         return load_modular_pipeline(model, kwargs.get("torch_dtype"))
     try:

@@ -159,9 +159,9 @@ class SRPOStep:
             hinge = torch.zeros(batch, device=images.device)
             active = []
             for reward, weight, tau in zip(self.rewards, self.reward_weights, self.hinge_thresholds):
-                r = reward.srp(
-                    branch_images, prompts, *words, discount, inversion=branch == "inversion", conditions=conditions
-                )
+                # Only a reward that reads the condition is given it (an `srp` override may not take it).
+                given = {"conditions": conditions} if reward.conditions else {}
+                r = reward.srp(branch_images, prompts, *words, discount, inversion=branch == "inversion", **given)
                 if check:
                     check_reward_output(reward.name, r, batch)
                 r = r.float()

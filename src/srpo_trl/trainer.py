@@ -125,7 +125,7 @@ class SRPOTrainer(PublishingMixin, Trainer):
         self.rewards, self.eval_only_rewards = rewards.trained, rewards.watched
         self.reward_weights, self.hinge_thresholds = rewards.weights, rewards.hinge_thresholds
 
-        self.pipeline = load_pipeline(model, args.model_init_kwargs)
+        self.pipeline = load_pipeline(model, args.model_init_kwargs, args.controlnet_name_or_path)
         # Where the base came from, for the model card (a modular pipeline records no `name_or_path`).
         self.base_model = model if isinstance(model, str) else getattr(self.pipeline, "name_or_path", None) or None
         self.adapter = get_adapter(self.pipeline, max_sequence_length=args.max_sequence_length)

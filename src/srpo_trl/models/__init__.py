@@ -17,6 +17,8 @@ from .flux import FluxAdapter
 from .flux2 import Flux2Adapter
 from .flux3 import Flux3Adapter
 from .flux_control import FluxControlAdapter
+from .flux_controlnet import FluxControlNetAdapter
+from .flux_fill import FluxFillAdapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
@@ -61,6 +63,16 @@ PIPELINES: dict[str, PipelineSupport] = {
     "FluxControlInpaintPipeline": PipelineSupport(
         FluxControlAdapter, "FluxControlPipeline", inputs=(_IMAGE, _MASK, _CONTROL, "strength=0.8,")
     ),
+    # FLUX.1 Fill: the masked image's latents and the mask beside the noisy latents on the channel axis.
+    "FluxFillPipeline": PipelineSupport(FluxFillAdapter, "FluxFillPipeline", inputs=(_IMAGE, _MASK)),
+    # FLUX.1 ControlNets (one, or several as FluxMultiControlNetModel): a frozen ControlNet's residuals in the blocks.
+    "FluxControlNetPipeline": PipelineSupport(FluxControlNetAdapter, "FluxControlNetPipeline", inputs=(_CONTROL,)),
+    "FluxControlNetImg2ImgPipeline": PipelineSupport(
+        FluxControlNetAdapter, "FluxControlNetPipeline", inputs=(_IMAGE, _CONTROL, "strength=0.8,")
+    ),
+    "FluxControlNetInpaintPipeline": PipelineSupport(
+        FluxControlNetAdapter, "FluxControlNetPipeline", inputs=(_IMAGE, _MASK, _CONTROL, "strength=0.8,")
+    ),
     # FLUX.2 [dev] and [klein] (base and distilled), and the [klein] variants.
     "Flux2Pipeline": PipelineSupport(Flux2Adapter, "Flux2Pipeline"),
     "Flux2KleinPipeline": PipelineSupport(Flux2Adapter, "Flux2KleinPipeline"),
@@ -99,18 +111,8 @@ PIPELINES: dict[str, PipelineSupport] = {
 #: Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
 ADAPTERS: dict[str, type] = {name: support.adapter for name, support in PIPELINES.items()}
 
-_CONDITIONED = (
-    "its transformer takes {0} besides the text, which srpo-trl does not feed yet (planned with rewards that keep the "
-    "condition); to train the base FLUX.1 transformer, load FluxPipeline from the base checkpoint"
-)
 #: Pipeline classes named like a family srpo-trl knows that it does not train, with the reason and what to use.
 REFUSED: dict[str, str] = {
-    "FluxFillPipeline": _CONDITIONED.format(
-        "the masked image's latents and the mask (FLUX.1 Fill, 384 input channels)"
-    ),
-    "FluxControlNetPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
-    "FluxControlNetImg2ImgPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
-    "FluxControlNetInpaintPipeline": _CONDITIONED.format("a frozen ControlNet's residuals"),
     "FluxPriorReduxPipeline": "it makes image-prompt embeddings for FluxPipeline and denoises nothing, so there is "
     "nothing in it to train; train the FluxPipeline it feeds",
 }
@@ -189,6 +191,8 @@ __all__ = [
     "PipelineSupport",
     "Flux2Adapter",
     "FluxControlAdapter",
+    "FluxControlNetAdapter",
+    "FluxFillAdapter",
     "Flux3Adapter",
     "FluxAdapter",
     "FluxKontextAdapter",

@@ -93,6 +93,11 @@ class ModelAdapter(Protocol):
         """Keyword arguments that make the family's stock pipeline apply the guidance `velocity` applies at
         `guidance_scale` (for `srpo-trl eval` and the model card's snippet)."""
 
+    @classmethod
+    def pipeline_condition_kwargs(cls, references: list, masks: list | None) -> dict:
+        """Keyword arguments that give the family's stock pipeline a batch's reference images (PIL, at the output
+        size) and, for Fill, masks (for `srpo-trl eval`)."""
+
     def configure(self, args) -> None:
         """Read the family's own settings from an `SRPOConfig` (the trainer calls it once; ControlNet's scale)."""
 
@@ -208,6 +213,15 @@ class AdapterBase:
         """Arguments that give the stock pipeline the guidance `velocity` applies at `guidance_scale`: the FLUX
         families' `guidance_scale` (an input of guidance-distilled models)."""
         return {"guidance_scale": guidance_scale}
+
+    @classmethod
+    def pipeline_condition_kwargs(cls, references: list, masks: list | None) -> dict:
+        """The stock pipeline's arguments for a batch's reference images and masks: `image=` (the image to edit or
+        repaint) with `mask_image=`; nothing for text-to-image families."""
+        kwargs = {"image": references} if cls.requires_reference_image else {}
+        if masks is not None:
+            kwargs["mask_image"] = masks
+        return kwargs
 
     def cache_entry(self, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the text cache stores of one prompt's conditioning (one row of `encode_prompts`): all of it."""

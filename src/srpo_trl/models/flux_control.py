@@ -30,6 +30,11 @@ class FluxControlAdapter(FluxAdapter):
     reference_image_column_field: ClassVar[str] = "dataset_control_image_column"
     reference_role: ClassVar[str] = "control_images"
 
+    @classmethod
+    def pipeline_condition_kwargs(cls, references, masks):
+        """The stock pipeline takes the map as `control_image=`."""
+        return {"control_image": references}
+
     @torch.no_grad()
     def add_reference(self, conditioning, reference_images, height, width):
         """Conditioning plus the control images' packed latents (`[B, tokens, C]`), at the training size."""

@@ -23,7 +23,9 @@ class RewardSpec:
     """What a registered reward name loads. `filename` is `None` when the repo is a transformers CLIP model."""
 
     name: str
-    family: str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint), "aesthetic" or "hpsv3"
+    family: (
+        str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint), "aesthetic", "hpsv3", "depth"
+    )
     checkpoint: str
     filename: str | None
     tokenizer: str | None
@@ -34,6 +36,8 @@ class RewardSpec:
     description: str
     #: `tau` of the hinge `relu(tau - R) / 2` on this reward's scale (overridden by `SRPOConfig.hinge_threshold`).
     hinge_threshold: float = DEFAULT_HINGE_THRESHOLD
+    #: The pipeline's conditioning the reward compares with (`Reward.conditions`): empty for preference rewards.
+    conditions: tuple[str, ...] = ()
 
 
 _VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -140,6 +144,7 @@ REWARDS: dict[str, RewardSpec] = {
             parameters="25 M (Depth Anything V2 Small)",
             description="the generated image's depth against the control depth map (FLUX.1 Depth, depth ControlNets)",
             hinge_threshold=1.0,
+            conditions=("control_images",),
         ),
     ]
 }

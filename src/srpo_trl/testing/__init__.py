@@ -458,3 +458,6 @@ from .qwen import (  # noqa: E402, F401
     tiny_qwen_image_pipeline,
     tiny_qwen_tokenizer,
 )
+from .flux_controlnet import tiny_flux_controlnet_pipeline  # noqa: E402, F401
+from .flux_fill import tiny_flux_fill_pipeline  # noqa: E402, F401
+from .depth import TINY_DEPTH_PROCESSOR, save_tiny_depth_model, tiny_depth_model  # noqa: E402, F401
