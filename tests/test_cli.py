@@ -49,6 +49,9 @@ def test_packaged_accelerate_configs_by_name():
         "fsdp2",
         "fsdp2_qwen_image",
         "fsdp2_flux3",
+        "fsdp2_z_image",
+        "fsdp2_sd3",
+        "fsdp2_qwen_image21",
         "deepspeed_zero2",
         "deepspeed_zero3",
     ):

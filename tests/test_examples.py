@@ -11,6 +11,14 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
 
 
+def _newer_families() -> dict:
+    import diffusers.models.transformers.transformer_qwenimage21 as qwen_image21
+    import diffusers.models.transformers.transformer_sd3 as sd3
+    import diffusers.models.transformers.transformer_z_image as z_image
+
+    return {"fsdp2_z_image": z_image, "fsdp2_sd3": sd3, "fsdp2_qwen_image21": qwen_image21}
+
+
 @pytest.mark.parametrize(
     "name, distributed_type",
     [
@@ -19,6 +27,9 @@ CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
         ("fsdp2", "FSDP"),
         ("fsdp2_qwen_image", "FSDP"),
         ("fsdp2_flux3", "FSDP"),
+        ("fsdp2_z_image", "FSDP"),
+        ("fsdp2_sd3", "FSDP"),
+        ("fsdp2_qwen_image21", "FSDP"),
         ("deepspeed_zero2", "DEEPSPEED"),
         ("deepspeed_zero3", "DEEPSPEED"),
     ],
@@ -41,7 +52,8 @@ def test_accelerate_configs_load(name, distributed_type):
 
         fsdp = config.fsdp_config
         assert fsdp["fsdp_version"] == 2
-        family = {"fsdp2_qwen_image": qwen_image, "fsdp2_flux3": flux3}.get(name, flux)
+        families = {"fsdp2_qwen_image": qwen_image, "fsdp2_flux3": flux3, **_newer_families()}
+        family = families.get(name, flux)
         if name == "fsdp2_flux3":  # the blocks diffusers itself keeps whole and compiles regionally
             blocks = fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")
             assert (
@@ -51,6 +63,12 @@ def test_accelerate_configs_load(name, distributed_type):
             )
         for cls in fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","):
             assert hasattr(family, cls), cls  # the blocks FSDP shards exist in the family's transformer
+        newer = {"fsdp2_z_image": "ZImage", "fsdp2_sd3": "SD3", "fsdp2_qwen_image21": "QwenImage21"}
+        if name in newer:  # the blocks diffusers itself keeps whole
+            import diffusers
+
+            transformer = getattr(diffusers, f"{newer[name]}Transformer2DModel")
+            assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == transformer._no_split_modules
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
 

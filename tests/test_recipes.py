@@ -112,3 +112,27 @@ def test_the_chroma_recipe_uses_real_cfg_in_the_rollout_and_one_call_in_training
     assert model.model_name_or_path == "lodestones/Chroma1-HD" and script.reward_funcs == ["hpsv2.1"]
     assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == (5.0, 1.0, 5.0)
     assert args.time_shift is None and (args.learning_rate, args.hinge_threshold) == (5e-6, [0.7])
+
+
+#: name -> (base model, reward, resolution, rollout steps, rollout / train / sample guidance)
+NEWER_FAMILIES = {
+    "sd35_medium_pickscore_lora.yaml": (
+        "stabilityai/stable-diffusion-3.5-medium",
+        "pickscore",
+        512,
+        10,
+        (4.5, 1.0, 4.5),
+    ),
+    "z_image_turbo_lora.yaml": ("Tongyi-MAI/Z-Image-Turbo", "hpsv2.1", 720, 9, (0.0, 0.0, 0.0)),
+    "qwen_image21_lora.yaml": ("Qwen/Qwen-Image-2.1", "hpsv2.1", 1024, 25, (1.0, 1.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(NEWER_FAMILIES))
+def test_the_newer_families_recipes_carry_their_chosen_and_cited_settings(name, tmp_path):
+    base, reward, resolution, steps, guidance = NEWER_FAMILIES[name]
+    script, args, model = _parse(name, tmp_path)
+    assert model.model_name_or_path == base and model.use_peft and script.reward_funcs == [reward]
+    assert args.image_size == (resolution, resolution) and args.rollout_steps == steps
+    assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == guidance
+    assert (args.learning_rate, args.hinge_threshold, args.use_inversion_branch) == (5e-6, [0.7], True)

@@ -82,6 +82,14 @@ def conditioning_inputs(family, columns: dict | None, settings: EvalSettings, co
     return images, masks
 
 
+def takes_argument(pipeline_class: type, name: str) -> bool:
+    """Whether the pipeline class's `__call__` takes the keyword `name`."""
+    import inspect
+
+    parameters = inspect.signature(pipeline_class.__call__).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def _to_pil(images: torch.Tensor) -> list:
     from PIL import Image
 
@@ -157,18 +165,19 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings, references=No
         if settings.controlnet_conditioning_scale is not None:
             scales = settings.controlnet_conditioning_scale
             extra["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else list(scales)
+        if takes_argument(type(pipeline), "max_sequence_length"):  # Qwen-Image 2.1 never truncates: it has none
+            extra["max_sequence_length"] = settings.max_sequence_length
         out = pipeline(
-            prompt=batch,
+            prompt=list(batch),  # a copy: Z-Image's pipeline rewrites its prompt list in place
             height=settings.resolution,
             width=settings.resolution,
             num_inference_steps=settings.num_inference_steps,
-            max_sequence_length=settings.max_sequence_length,
             generator=torch.Generator().manual_seed(settings.seed + i),
             output_type="pt",
             **family.pipeline_guidance_kwargs(guidance),  # Qwen-Image: true CFG with its negative prompt
             **extra,
         )
-        images.append(out.images.float().cpu())
+        images.append(out.images[:, :3].float().cpu())  # Qwen-Image 2.1's VAE gives RGBA
     return torch.cat(images)
 
 

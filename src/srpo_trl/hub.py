@@ -45,6 +45,21 @@ KNOWN_LICENSES: dict[str, dict[str, str]] = {
     },
     "black-forest-labs/FLUX.1-schnell": {"license": "apache-2.0"},
     "lodestones/Chroma1-HD": {"license": "apache-2.0"},
+    "Tongyi-MAI/Z-Image": {"license": "apache-2.0"},
+    "Tongyi-MAI/Z-Image-Turbo": {"license": "apache-2.0"},
+    **{
+        f"stabilityai/{name}": {
+            "license": "other",
+            "license_name": "stabilityai-ai-community",
+            "license_link": f"https://huggingface.co/stabilityai/{name}/blob/main/LICENSE.md",
+        }
+        for name in (
+            "stable-diffusion-3.5-large",
+            "stable-diffusion-3.5-large-turbo",
+            "stable-diffusion-3.5-medium",
+            "stable-diffusion-3-medium-diffusers",
+        )
+    },
     **{
         f"Qwen/{name}": {"license": "apache-2.0"}
         for name in (
@@ -86,9 +101,8 @@ def _support(pipeline_class: str):
 
 
 def _family_tag(pipeline_class: str) -> str:
-    """The Hub tag of the model family: `qwen-image` (and its edit models), `chroma`, or `flux` (every FLUX)."""
-    family = _support(pipeline_class).adapter.family
-    return "qwen-image" if family.startswith("qwen-image") else "chroma" if family == "chroma" else "flux"
+    """The Hub tag of the model family (the adapter's `hub_tag`: `flux` for every FLUX, `chroma`, `qwen-image`, ...)."""
+    return _support(pipeline_class).adapter.hub_tag
 
 
 @dataclass
@@ -114,6 +128,10 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
     the size and steps, the family's guidance keywords (where the class takes them)."""
     support = _support(pipeline_class)
     guidance_kwargs = support.adapter.pipeline_guidance_kwargs(guidance) if support.takes_guidance else {}
+    import diffusers
+
+    from .evaluation import takes_argument
+
     arguments = {
         "height": settings.height,
         "width": settings.width,
@@ -121,6 +139,8 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
         **guidance_kwargs,
         "max_sequence_length": settings.max_sequence_length,
     }
+    if not support.modular and not takes_argument(getattr(diffusers, pipeline_class), "max_sequence_length"):
+        del arguments["max_sequence_length"]  # Qwen-Image 2.1's pipeline has none
     prompt = json.dumps(settings.prompt)
     # A modular pipeline's first positional argument is its state: the prompt goes by name.
     lines = [f"prompt={prompt}," if support.modular else f"{prompt},"] + list(support.inputs)

@@ -63,6 +63,10 @@ class SRPOStep:
         rollout grid, guidance and branches."""
         height, width = args.image_size
         shift = args.time_shift or adapter.default_time_shift(height, width)
+        # The family's own grid (Qwen-Image 2.1's authors set theirs) unless the config sets the shift.
+        rollout_sigmas = None if args.time_shift else adapter.rollout_sigmas(args.rollout_steps, height, width)
+        if rollout_sigmas is None:
+            rollout_sigmas = direct_align.shifted_grid(args.rollout_steps, shift).float()
         window = direct_align.TrainingWindow(
             grid_steps=args.window_grid_steps,
             start_index=args.window_start_index,
@@ -79,7 +83,7 @@ class SRPOStep:
             rewards=rewards,
             reward_weights=reward_weights,
             hinge_thresholds=hinge_thresholds,
-            rollout_sigmas=direct_align.shifted_grid(args.rollout_steps, shift).float(),
+            rollout_sigmas=rollout_sigmas,
             height=height,
             width=width,
             rollout_guidance_scale=args.rollout_guidance_scale,
@@ -112,7 +116,7 @@ class SRPOStep:
         n, device = len(names), x0.device
         start = torch.tensor([getattr(lv, f"{b}_from") for b in names for lv in levels], device=device)
         end = torch.tensor([getattr(lv, f"{b}_to") for b in names for lv in levels], device=device)
-        x0_rep, eps_rep = x0.repeat(n, 1, 1), eps.repeat(n, 1, 1)
+        x0_rep, eps_rep = (t.repeat(n, *[1] * (t.ndim - 1)) for t in (x0, eps))  # any latent layout
         text_rep = {k: v.repeat(n, *[1] * (v.ndim - 1)) for k, v in text.items()}
         x_start = direct_align.add_noise(x0_rep, eps_rep, start)
         return BranchBatch(names, branch_words, levels, start, end, x_start, eps_rep, text_rep)

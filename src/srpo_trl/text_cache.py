@@ -47,6 +47,7 @@ MIB = 2**20
 
 
 def _tokenizer_identity(tokenizer) -> str:
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor (Qwen3-VL's) holds its tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         state = json.loads(backend.to_str())

@@ -21,7 +21,10 @@ from .flux_controlnet import FluxControlNetAdapter
 from .flux_fill import FluxFillAdapter
 from .flux_kontext import FluxKontextAdapter
 from .qwen_image import QwenImageAdapter
+from .qwen_image21 import QwenImage21Adapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
+from .sd3 import SD3Adapter
+from .z_image import ZImageAdapter
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,20 @@ PIPELINES: dict[str, PipelineSupport] = {
     "QwenImagePipeline": PipelineSupport(QwenImageAdapter, "QwenImagePipeline"),
     "QwenImageEditPipeline": PipelineSupport(QwenImageEditAdapter, "QwenImageEditPipeline"),
     "QwenImageEditPlusPipeline": PipelineSupport(QwenImageEditPlusAdapter, "QwenImageEditPlusPipeline"),
+    # Qwen-Image 2.1: text-to-image on the authors' sigma grid.
+    "QwenImage21Pipeline": PipelineSupport(QwenImage21Adapter, "QwenImage21Pipeline"),
+    # Z-Image (Turbo and Base) and its variants, trained as the text-to-image family.
+    "ZImagePipeline": PipelineSupport(ZImageAdapter, "ZImagePipeline"),
+    "ZImageImg2ImgPipeline": PipelineSupport(ZImageAdapter, "ZImagePipeline", inputs=(_IMAGE, "strength=0.6,")),
+    "ZImageInpaintPipeline": PipelineSupport(ZImageAdapter, "ZImagePipeline", inputs=(_IMAGE, _MASK, "strength=0.8,")),
+    # Stable Diffusion 3 / 3.5 (Large, Medium, Large Turbo) and its variants: three text encoders, real CFG.
+    "StableDiffusion3Pipeline": PipelineSupport(SD3Adapter, "StableDiffusion3Pipeline"),
+    "StableDiffusion3Img2ImgPipeline": PipelineSupport(
+        SD3Adapter, "StableDiffusion3Pipeline", inputs=(_IMAGE, "strength=0.6,")
+    ),
+    "StableDiffusion3InpaintPipeline": PipelineSupport(
+        SD3Adapter, "StableDiffusion3Pipeline", inputs=(_IMAGE, _MASK, "strength=0.6,")
+    ),
 }
 
 #: Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
@@ -200,6 +217,9 @@ __all__ = [
     "QwenImageAdapter",
     "QwenImageEditAdapter",
     "QwenImageEditPlusAdapter",
+    "QwenImage21Adapter",
+    "SD3Adapter",
+    "ZImageAdapter",
     "adapter_class",
     "check_model_index",
     "get_adapter",

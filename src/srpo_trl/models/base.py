@@ -56,6 +56,10 @@ class ModelAdapter(Protocol):
     def default_time_shift(self, height: int, width: int) -> float:
         """The family's time shift `k` for training at this resolution."""
 
+    def rollout_sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor | None:
+        """The family's own rollout grid (levels from 1 to 0, float32), or `None` for the shifted uniform grid of
+        `direct_align.shifted_grid` at the training shift (every family but Qwen-Image 2.1, whose authors set it)."""
+
     def encode_prompts(
         self, prompts: list[str], device: torch.device, reference_images: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -182,6 +186,8 @@ class AdapterBase:
     reference_image_column_field: ClassVar[str] = "dataset_reference_image_column"
     reference_role: ClassVar[str] = "reference_images"
     uses_mask: ClassVar[bool] = False
+    #: The Hub tag the model card gives the family (every FLUX is `flux`).
+    hub_tag: ClassVar[str] = "flux"
     text_sees_reference: ClassVar[bool] = False
     #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
     #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and
@@ -242,6 +248,10 @@ class AdapterBase:
 
     def configure(self, args) -> None:
         """Family settings from the `SRPOConfig`: the FLUX families have none besides the common ones."""
+
+    def rollout_sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor | None:
+        """No grid of the family's own: the rollout uses the shifted uniform grid."""
+        return None
 
     def add_reference(self, conditioning, reference_images, height, width, **extra):
         """Conditioning with the reference images added; text-to-image families have none."""

@@ -29,6 +29,7 @@ class ChromaAdapter(FluxAdapter):
     """Adapter for `ChromaPipeline`."""
 
     family: ClassVar[str] = "chroma"
+    hub_tag: ClassVar[str] = "chroma"
     text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
     default_guidance: ClassVar[dict[str, float]] = {"rollout": 5.0, "train": 1.0, "sample": 5.0}
 

@@ -74,6 +74,7 @@ class QwenImageAdapter(AdapterBase):
     """Adapter for `QwenImagePipeline`."""
 
     family: ClassVar[str] = "qwen-image"
+    hub_tag: ClassVar[str] = "qwen-image"
     trainable_component: ClassVar[str] = "transformer"
     # The joint blocks' attention (image and text side) and both streams' feed-forwards; the modulation layers
     # (`img_mod`, `txt_mod`) stay frozen, as in diffusers' Qwen-Image LoRA training script.

@@ -461,3 +461,6 @@ from .qwen import (  # noqa: E402, F401
 from .flux_controlnet import tiny_flux_controlnet_pipeline  # noqa: E402, F401
 from .flux_fill import tiny_flux_fill_pipeline  # noqa: E402, F401
 from .depth import TINY_DEPTH_PROCESSOR, save_tiny_depth_model, tiny_depth_model  # noqa: E402, F401
+from .qwen_image21 import tiny_qwen_image21_pipeline  # noqa: E402, F401
+from .sd3 import tiny_sd3_pipeline  # noqa: E402, F401
+from .z_image import tiny_z_image_pipeline  # noqa: E402, F401
