@@ -17,6 +17,15 @@ from distributed_saving import allowed_for_other_ranks, files_in, lora_loaded_by
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "save_resume.py")
 KINDS = ["lora", "full"]
+#: A LoRA of each family besides FLUX.1, its blocks wrapped as its packaged `fsdp2_<family>.yaml` (its transformer's
+#: `_no_split_modules`).
+FAMILY_BLOCKS = {
+    "flux3-lora": {"Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"},
+    "z-image-lora": {"ZImageTransformerBlock"},
+    "sd3-lora": {"JointTransformerBlock"},
+    "qwen-image21-lora": {"QwenImage21TransformerBlock"},
+}
+FAMILY_KINDS = list(FAMILY_BLOCKS)
 
 
 def _trainer(config, tmp_path, kind: str):
@@ -67,7 +76,7 @@ def launched(tmp_path_factory):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", SCRIPT,
-        str(root / "records"), str(root / "runs"), *KINDS, "flux3-lora",
+        str(root / "records"), str(root / "runs"), *KINDS, *FAMILY_KINDS,
     ]  # fmt: skip
     # ACCELERATE_USE_CPU: accelerate's multi-process launcher, on CPUs with the gloo backend.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -153,16 +162,18 @@ def test_under_fsdp2_only_the_main_process_writes(launched):
 
 
 @pytest.mark.extended
-def test_fsdp2_wraps_flux3s_blocks_and_its_sharded_steps_and_resume_equal_the_unsharded_ones(launched):
-    """FLUX.3 [klein] under FSDP2 with fsdp2_flux3.yaml's blocks: `fully_shard` wrapped each per-mode and single-stream
-    block, two sharded steps equal two DDP steps, and a resume after step 1 ends where the uninterrupted run did."""
-    ddp, sharded, resumed = (_record(launched, "flux3-lora", phase) for phase in ("ddp", "fsdp2", "resumed"))
+@pytest.mark.parametrize("kind", FAMILY_KINDS)
+def test_fsdp2_wraps_each_familys_blocks_and_its_sharded_steps_and_resume_equal_the_unsharded_ones(launched, kind):
+    """FLUX.3 [klein], Z-Image, SD3 and Qwen-Image 2.1 under FSDP2 with their packaged configs' blocks: `fully_shard`
+    wrapped those blocks, two sharded steps equal two DDP steps, and a resume after step 1 ends where the
+    uninterrupted run did."""
+    ddp, sharded, resumed = (_record(launched, kind, phase) for phase in ("ddp", "fsdp2", "resumed"))
     assert sharded["fsdp2"] and sharded["world"] == 2
-    print("flux3-lora: classes FSDP2 wrapped:", sharded["wrapped"])
-    assert {"Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"} <= set(sharded["wrapped"])
+    print(f"{kind}: classes FSDP2 wrapped:", sharded["wrapped"])
+    assert FAMILY_BLOCKS[kind] <= set(sharded["wrapped"])
     assert _max_difference(sharded["initial"], ddp["initial"]) == 0.0
     difference = _max_difference(sharded["final"], ddp["final"])
     straight = _max_difference(resumed["final"], sharded["final"])
-    print(f"flux3-lora: FSDP2 against DDP {difference:.2e}, resumed against uninterrupted {straight:.2e}")
+    print(f"{kind}: FSDP2 against DDP {difference:.2e}, resumed against uninterrupted {straight:.2e}")
     assert difference <= 1e-6 and straight <= 1e-6
     assert _max_difference(ddp["final"], ddp["initial"]) > 1e-3

@@ -3,8 +3,8 @@
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/scripts/save_resume.py \
         RECORDS ROOT lora [full]
 
-For each kind (a LoRA, or full fine-tuning, of the tiny FLUX.1; `flux3-lora`: a LoRA of the tiny FLUX.3 [klein], its
-blocks wrapped as `fsdp2_flux3.yaml` does), three trainings run one after the other, each with a new pipeline, trainer
+For each kind (a LoRA, or full fine-tuning, of the tiny FLUX.1; `<family>-lora`: a LoRA of the tiny FLUX.3 [klein],
+Z-Image, SD3 or Qwen-Image 2.1, its blocks wrapped as the family's packaged `fsdp2_<family>.yaml` does), three trainings run one after the other, each with a new pipeline, trainer
 and accelerator, in its own folder `ROOT/{kind}-{phase}`:
 
 - `ddp`: the unsharded reference, 2 steps;
@@ -113,8 +113,23 @@ class SaveAt(TrainerCallback):
         return control
 
 
-#: FLUX.3 [klein] (kind `flux3-lora`): the blocks diffusers lists in `_no_split_modules`, as fsdp2_flux3.yaml.
-FLUX3_BLOCKS = ["Flux3ModeTransformerBlock", "Flux3SingleTransformerBlock"]
+#: The families besides FLUX.1 (kind `<family>-lora`): their tiny builder and their packaged FSDP2 config.
+FAMILIES = {
+    "flux3": ("tiny_flux3_pipeline", "fsdp2_flux3"),
+    "z-image": ("tiny_z_image_pipeline", "fsdp2_z_image"),
+    "sd3": ("tiny_sd3_pipeline", "fsdp2_sd3"),
+    "qwen-image21": ("tiny_qwen_image21_pipeline", "fsdp2_qwen_image21"),
+}
+
+
+def packaged_blocks(config_name: str) -> list[str]:
+    """The block classes a packaged accelerate config wraps (the transformer's `_no_split_modules`)."""
+    import yaml
+
+    from srpo_trl.cli import accelerate_config_path
+
+    with open(accelerate_config_path(config_name)) as f:
+        return yaml.safe_load(f)["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
 
 
 def wrapped_classes(model) -> list[str]:
@@ -147,19 +162,19 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
     from datasets import Dataset
     from peft import LoraConfig
 
-    from srpo_trl import ColorWordReward, SRPOTrainer
-    from srpo_trl.testing import tiny_colour_flux_pipeline, tiny_flux3_pipeline
+    from srpo_trl import ColorWordReward, SRPOTrainer, testing
 
     fresh_accelerate_state()
     run_dir = os.path.join(root, f"{kind}-{phase}")
-    flux3 = kind.startswith("flux3")
+    family = FAMILIES.get(kind.removesuffix("-lora"))
     sharded = FSDP2 if phase != "ddp" else {}
-    if sharded and flux3:
-        sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": FLUX3_BLOCKS}}
+    if sharded and family is not None:
+        blocks = packaged_blocks(family[1])
+        sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": blocks}}
     args = run_config(run_dir, **sharded)
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind.endswith("lora") else None
-    pipeline = tiny_flux3_pipeline(0) if flux3 else tiny_colour_flux_pipeline(0)
+    pipeline = getattr(testing, family[0] if family else "tiny_colour_flux_pipeline")(0)
     trainer = SRPOTrainer(
         pipeline, ColorWordReward(), args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}), peft_config=lora,
     )  # fmt: skip
