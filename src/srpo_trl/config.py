@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from .control_words import CONTROL_WORD_PRESETS, RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS, control_word_preset
-from .quantization import QUANTIZATIONS
-
-REWARD_DTYPES = ("float32", "bfloat16", "float16")
-TRAINABLE_DTYPES = ("float32", "bfloat16", "auto")
-
-
-def _normalised_model_init_kwargs(kwargs: dict, fail) -> dict:
-    """`dtype` (transformers 5, TRL) or `torch_dtype` (diffusers) as the `torch_dtype` diffusers takes."""
-    kwargs = dict(kwargs)
-    if "dtype" in kwargs:
-        dtype = kwargs.pop("dtype")
-        if kwargs.get("torch_dtype", dtype) != dtype:
-            fail("model_init_kwargs", {**kwargs, "dtype": dtype}, "give the dtype once, as dtype or as torch_dtype")
-        kwargs["torch_dtype"] = dtype
-    dtype = kwargs.get("torch_dtype")
-    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-        fail("model_init_kwargs", kwargs, f"torch_dtype={dtype!r} is not a torch dtype (e.g. 'bfloat16', 'auto')")
-    return kwargs
+from .config_checks import check_srpo_fields
+from .control_words import CONTROL_WORD_PRESETS, RECIPE_NEGATIVE_WORDS, RECIPE_POSITIVE_WORDS
 
 
 @dataclass
@@ -124,6 +106,13 @@ class SRPOConfig(TrainingArguments):
         resolution (`int` or `list[int]`, *optional*, defaults to `720`):
             Training image size: one int for a square, or `[height, width]`. Must be a multiple of the pipeline's
             latent granularity (16 for FLUX).
+        num_frames (`int`, *optional*):
+            Video families (Wan): frames per training video (the family's default when unset: Wan's 81).
+        frame_rate (`int`, *optional*, defaults to `16`):
+            Video families: frames per second of the videos srpo-trl writes (samples, evaluation); Wan's 16.
+        reward_frame_stride (`int`, *optional*, defaults to `4`):
+            Video families: an image reward scores every `reward_frame_stride`-th decoded frame (the first included) and
+            averages, with SRP's control words per frame.
         rollout_steps (`int`, *optional*, defaults to `25`):
             Euler steps of the gradient-free rollout that produces the clean latent `x0`.
         rollout_guidance_scale (`float`, *optional*):
@@ -339,6 +328,13 @@ class SRPOConfig(TrainingArguments):
         default_factory=lambda: [720],
         metadata={"help": "Training image size: one int for a square, or height and width.", "nargs": "+"},
     )
+    num_frames: int | None = field(
+        default=None, metadata={"help": "Video families: frames per training video (default: the family's)."}
+    )
+    frame_rate: int = field(default=16, metadata={"help": "Video families: frames per second of written videos."})
+    reward_frame_stride: int = field(
+        default=4, metadata={"help": "Video families: an image reward scores every N-th frame and averages."}
+    )
     rollout_steps: int = field(default=25, metadata={"help": "Euler steps of the gradient-free rollout."})
     rollout_guidance_scale: float | None = field(
         default=None,
@@ -496,106 +492,7 @@ class SRPOConfig(TrainingArguments):
         return (res[0], res[0]) if len(res) == 1 else (res[0], res[1])
 
     def _validate_srpo_fields(self) -> None:
-        def fail(name, value, valid):
-            raise ValueError(f"SRPOConfig.{name}={value!r} is invalid: {valid}")
-
-        res = self.resolution
-        if isinstance(res, (tuple, list)):
-            if len(res) not in (1, 2) or not all(isinstance(v, int) for v in res):
-                fail("resolution", res, "expected an int or [height, width] of ints")
-            self.resolution = list(res)
-        elif not isinstance(res, int):
-            fail("resolution", res, "expected an int or [height, width] of ints")
-        if min(self.image_size) <= 0:
-            fail("resolution", res, "sizes must be positive")
-        if self.rollout_steps < 1:
-            fail("rollout_steps", self.rollout_steps, "must be at least 1")
-        if self.time_shift is not None and self.time_shift <= 0:
-            fail("time_shift", self.time_shift, "must be positive")
-        if not 0 <= self.window_start_index < self.window_end_index <= self.window_grid_steps:
-            fail(
-                "window_start_index/window_end_index",
-                (self.window_start_index, self.window_end_index),
-                f"need 0 <= start < end <= window_grid_steps ({self.window_grid_steps})",
-            )
-        if self.num_levels < 11:
-            fail("num_levels", self.num_levels, "must be at least 11 (m is drawn from [5, L - 5])")
-        if not 0 < self.rho < 1:
-            fail("rho", self.rho, "must be in the open interval (0, 1)")
-        for name in ("denoise_discount", "inversion_discount"):
-            value = getattr(self, name)
-            if len(value) != 2:
-                fail(name, value, "expected [start, end]")
-            setattr(self, name, [float(v) for v in value])
-        if self.learning_rate <= 0:
-            fail("learning_rate", self.learning_rate, "must be positive")
-        if self.max_sequence_length < 1:
-            fail("max_sequence_length", self.max_sequence_length, "must be at least 1")
-        budget = self.text_embedding_cache_memory_mb
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < math.inf:
-            fail("text_embedding_cache_memory_mb", budget, "expected a finite number of MiB >= 0")
-        if self.control_words is not None:
-            preset = control_word_preset(self.control_words)
-            given = (list(self.positive_control_words), list(self.negative_control_words))
-            # The recipe's lists are the defaults; the preset's own lists come back when a saved config is reloaded.
-            if given not in [
-                (RECIPE_POSITIVE_WORDS, RECIPE_NEGATIVE_WORDS),
-                (list(preset.positive), list(preset.negative)),
-            ]:
-                fail(
-                    "control_words",
-                    self.control_words,
-                    "give either a preset or explicit positive_control_words/negative_control_words, not both",
-                )
-            self.positive_control_words = list(preset.positive)
-            self.negative_control_words = list(preset.negative)
-        for name in ("positive_control_words", "negative_control_words"):
-            words = getattr(self, name)
-            if isinstance(words, str):
-                fail(name, words, "expected a list of words, not one string")
-            # Emptiness is checked by the trainer: image-only rewards need no control words.
-            if not all(isinstance(w, str) and w.strip() for w in words):
-                fail(name, words, "expected a list of non-empty strings")
-        if self.model_init_kwargs is not None:
-            self.model_init_kwargs = _normalised_model_init_kwargs(self.model_init_kwargs, fail)
-        if self.reward_weights is not None:
-            self.reward_weights = [float(w) for w in self.reward_weights]
-        if self.hinge_threshold is not None:
-            values = (
-                self.hinge_threshold if isinstance(self.hinge_threshold, (list, tuple)) else [self.hinge_threshold]
-            )
-            if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                fail("hinge_threshold", self.hinge_threshold, "expected a number or a list of numbers, one per reward")
-            self.hinge_threshold = [float(v) for v in values]
-        if self.trainable_dtype not in TRAINABLE_DTYPES:
-            fail("trainable_dtype", self.trainable_dtype, f"expected one of {list(TRAINABLE_DTYPES)}")
-        if self.sample_steps < 0:
-            fail("sample_steps", self.sample_steps, "must be >= 0 (0: only at the end of training)")
-        if self.sample_prompts is not None and not all(isinstance(p, str) and p.strip() for p in self.sample_prompts):
-            fail("sample_prompts", self.sample_prompts, "expected a list of non-empty strings")
-        if self.quantize_base is not None and self.quantize_base not in QUANTIZATIONS:
-            fail("quantize_base", self.quantize_base, f"expected one of {list(QUANTIZATIONS)}")
-        if self.max_consecutive_nonfinite_steps < 0:
-            fail(
-                "max_consecutive_nonfinite_steps", self.max_consecutive_nonfinite_steps, "must be >= 0 (0: never stop)"
-            )
-        if self.reward_dtype is not None and self.reward_dtype not in REWARD_DTYPES:
-            fail("reward_dtype", self.reward_dtype, f"expected one of {list(REWARD_DTYPES)}")
-        if self.control_image_preprocessor not in (None, "canny", "depth"):
-            fail("control_image_preprocessor", self.control_image_preprocessor, "expected 'canny', 'depth' or None")
-        scales = self.controlnet_conditioning_scale
-        scales = list(scales) if isinstance(scales, (list, tuple)) else [scales]
-        if not scales or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in scales):
-            fail("controlnet_conditioning_scale", self.controlnet_conditioning_scale, "expected a number or a list")
-        self.controlnet_conditioning_scale = [float(v) for v in scales]
-        if isinstance(self.controlnet_name_or_path, str):
-            self.controlnet_name_or_path = [self.controlnet_name_or_path]
-        mode = self.controlnet_control_mode
-        if mode is not None:
-            mode = list(mode) if isinstance(mode, (list, tuple)) else [mode]
-            if not mode or not all(isinstance(v, int) and not isinstance(v, bool) for v in mode):
-                fail("controlnet_control_mode", self.controlnet_control_mode, "expected an int or a list of ints")
-            self.controlnet_control_mode = mode
+        check_srpo_fields(self)
 
     @property
     def reward_torch_dtype(self) -> torch.dtype:
