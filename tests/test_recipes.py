@@ -136,3 +136,16 @@ def test_the_newer_families_recipes_carry_their_chosen_and_cited_settings(name, 
     assert args.image_size == (resolution, resolution) and args.rollout_steps == steps
     assert (args.rollout_guidance_scale, args.train_guidance_scale, args.sample_guidance_scale) == guidance
     assert (args.learning_rate, args.hinge_threshold, args.use_inversion_branch) == (5e-6, [0.7], True)
+
+
+@pytest.mark.parametrize("name", ["wan21_t2v_1.3b_lora.yaml", "wan22_t2v_a14b_lora.yaml"])
+def test_the_wan_recipes_decode_the_first_frame_and_the_a14b_window_lies_in_one_expert(name, tmp_path):
+    from srpo_trl import direct_align
+
+    script, args, model = _parse(name, tmp_path)
+    assert model.model_name_or_path.startswith("Wan-AI/Wan2.") and script.reward_funcs == ["hpsv2.1"]
+    assert (args.num_frames, args.frame_rate, args.decode_latent_frames, args.reward_frame_stride) == (81, 16, 1, 4)
+    assert args.image_size == (480, 832) and (args.learning_rate, args.use_inversion_branch) == (5e-6, True)
+    if "a14b" in name:  # wholly below Wan 2.2 A14B's boundary_ratio 0.875 at the scheduler's shift 3
+        grid = direct_align.shifted_grid(args.window_grid_steps, 3.0)
+        assert grid[args.window_start_index] < 0.875 and grid[args.window_end_index] < 0.875

@@ -63,7 +63,8 @@ def _branch_gradients(trainer) -> dict[str, torch.Tensor]:
 
 # Rewards that compare with a condition: tests/test_consistency_rewards.py measures their branches on such pipelines.
 @pytest.mark.parametrize(
-    "kind", [*sorted(n for n, s in REWARDS.items() if not s.conditions), "image-only callable", "color"]
+    "kind",
+    [*sorted(n for n, s in REWARDS.items() if not s.conditions and not s.video), "image-only callable", "color"],
 )
 def test_both_branches_give_aligned_gradients_at_the_defaults(tmp_path, config, kind):
     trainer = _trainer(_reward(kind, tmp_path), config)

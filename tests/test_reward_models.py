@@ -208,10 +208,13 @@ def test_registry_documents_every_name(tmp_path):
         "laion-aesthetic",
         "hpsv3",
         "depth-consistency",
+        "temporal-consistency",
     }
     for spec in REWARDS.values():
         assert spec.checkpoint and spec.license and spec.output_scale and spec.parameters
-    assert [n for n, s in REWARDS.items() if not s.text_conditioned] == ["laion-aesthetic", "depth-consistency"]
+    image_only = ["laion-aesthetic", "depth-consistency", "temporal-consistency"]
+    assert [n for n, s in REWARDS.items() if not s.text_conditioned] == image_only
+    assert [n for n, s in REWARDS.items() if s.video] == ["temporal-consistency"]
     assert [n for n, s in REWARDS.items() if s.conditions] == ["depth-consistency"]
     assert load_reward("depth-consistency:" + save_tiny_depth_model(str(tmp_path / "depth"))).conditions == (
         "control_images",
@@ -248,7 +251,7 @@ TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "th
 
 
 # Rewards that compare with a condition need a pipeline that takes one: tests/test_consistency_rewards.py steps them.
-@pytest.mark.parametrize("name", sorted(n for n, spec in REWARDS.items() if not spec.conditions))
+@pytest.mark.parametrize("name", sorted(n for n, spec in REWARDS.items() if not spec.conditions and not spec.video))
 def test_every_registered_name_steps_uphill_on_both_branches_at_the_recipe_defaults(tmp_path, config, name, caplog):
     """One real step at the recipe's lr, grad clipping, each reward's own hinge threshold and the inversion branch
     on: the weights move uphill on both branches' rewards (see `tests/uphill.py` for why that is the claim)."""

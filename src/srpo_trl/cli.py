@@ -1,4 +1,4 @@
-"""The `srpo-trl` console script: `train`, `eval`, `demo`, `convert-hps`.
+"""The `srpo-trl` console script: `train`, `plan`, `eval`, `demo`, `convert-hps`.
 
 `srpo-trl train` hands its arguments to the training script's own parser (TRL's `TrlParser` over
 `ScriptArguments`, `SRPOConfig` and `ModelConfig`), as `trl sft` does; `--accelerate_config NAME` first
@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="Train with SRPO: srpo-trl train --config recipe.yaml [--accelerate_config NAME] [any SRPOConfig flag]; "
         "'srpo-trl train --help' lists every flag.",
+    )
+
+    commands.add_parser(
+        "plan",
+        add_help=False,
+        help="Memory per process and step time of a train recipe, and whether it fits a GPU, without downloading: "
+        "srpo-trl plan --config recipe.yaml --gpu H100 [--engine fsdp2 --num_processes 8]; 'srpo-trl plan --help'.",
     )
 
     evaluate = commands.add_parser("eval", help="Score a base pipeline and a trained result with reward models.")
@@ -62,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--reference_image_column", default="reference_image", help="Images to edit (Kontext) or repaint (Fill)."
     )
+    evaluate.add_argument("--num_frames", type=int, help="Video families: frames per video (default: the family's).")
+    evaluate.add_argument("--frame_rate", type=int, default=16, help="Video families: fps of the written videos.")
     evaluate.add_argument(
         "--control_image_column", default="control_image", help="Control maps (Control, ControlNet)."
     )
@@ -116,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="SRP control words (default: photo drawing); 'drawing photo' trains the other way.",
     )
     demo.add_argument("--learning_rate", type=float, default=None, help="LoRA learning rate (default: 1e-4).")
+    demo.add_argument(
+        "--content_weight", type=float, default=None, help="Weight of the content-keeping reward shapes-content."
+    )
 
     convert = commands.add_parser(
         "convert-hps",
@@ -192,6 +204,8 @@ def _eval(args) -> int:
         depth_model_name_or_path=args.depth_model_name_or_path,
         controlnet_conditioning_scale=args.controlnet_conditioning_scale,
         controlnet_name_or_path=args.controlnet_name_or_path,
+        num_frames=args.num_frames,
+        frame_rate=args.frame_rate,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_eval(
@@ -224,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":  # the training script parses its own (many) flags
         return _train(argv[1:])
+    if argv and argv[0] == "plan":  # the recipe is train's, parsed by the training script's parser
+        from .planning.command import main as plan_main
+
+        return plan_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
@@ -238,6 +256,8 @@ def _run(args) -> int:
         from .demo import run_demo
 
         options = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+        if args.content_weight is not None:
+            options["content_weight"] = args.content_weight
         run_demo(
             output_dir=args.output_dir,
             max_steps=args.max_steps,

@@ -110,6 +110,10 @@ class SRPOConfig(TrainingArguments):
             Video families (Wan): frames per training video (the family's default when unset: Wan's 81).
         frame_rate (`int`, *optional*, defaults to `16`):
             Video families: frames per second of the videos srpo-trl writes (samples, evaluation); Wan's 16.
+        decode_latent_frames (`int`, *optional*):
+            Video families: in the training step, decode (with gradient) only the first N latent frames, the first
+            `4 (N - 1) + 1` video frames, for the rewards. Exact (Wan's VAE is causal in time) and what makes real
+            sizes fit: the decode's backward costs about 30 KB per output frame-pixel (docs/models.md). Default: all.
         reward_frame_stride (`int`, *optional*, defaults to `4`):
             Video families: an image reward scores every `reward_frame_stride`-th decoded frame (the first included) and
             averages, with SRP's control words per frame.
@@ -332,6 +336,10 @@ class SRPOConfig(TrainingArguments):
         default=None, metadata={"help": "Video families: frames per training video (default: the family's)."}
     )
     frame_rate: int = field(default=16, metadata={"help": "Video families: frames per second of written videos."})
+    decode_latent_frames: int | None = field(
+        default=None,
+        metadata={"help": "Video families: decode only the first N latent frames for the rewards (default: all)."},
+    )
     reward_frame_stride: int = field(
         default=4, metadata={"help": "Video families: an image reward scores every N-th frame and averages."}
     )

@@ -43,6 +43,8 @@ def check_srpo_fields(config) -> None:
         fail("resolution", res, "expected an int or [height, width] of ints")
     if min(config.image_size) <= 0:
         fail("resolution", res, "sizes must be positive")
+    if config.decode_latent_frames is not None and config.decode_latent_frames < 1:
+        fail("decode_latent_frames", config.decode_latent_frames, "must be at least 1 (or None: all)")
     if config.num_frames is not None and config.num_frames < 1:
         fail("num_frames", config.num_frames, "must be at least 1")
     if config.frame_rate < 1 or config.reward_frame_stride < 1:

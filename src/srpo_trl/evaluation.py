@@ -43,6 +43,11 @@ class EvalSettings:
     depth_model_name_or_path: str | None = None
     controlnet_conditioning_scale: list[float] | None = None  # ControlNet pipelines only; the stock default is 1
     controlnet_name_or_path: list[str] | None = None  # ControlNet(s) joined to a FLUX.1 base (see load_pipeline)
+    # Video families (Wan): frames per video (None: the family's), the frame rate of the written videos, and the
+    # stride at which image rewards score frames.
+    num_frames: int | None = None
+    frame_rate: int = 16
+    reward_frame_stride: int = 4
 
 
 def conditioning_inputs(family, columns: dict | None, settings: EvalSettings, count: int):
@@ -167,6 +172,8 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings, references=No
             extra["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else list(scales)
         if takes_argument(type(pipeline), "max_sequence_length"):  # Qwen-Image 2.1 never truncates: it has none
             extra["max_sequence_length"] = settings.max_sequence_length
+        if family.is_video and settings.num_frames is not None:
+            extra["num_frames"] = settings.num_frames
         out = pipeline(
             prompt=list(batch),  # a copy: Z-Image's pipeline rewrites its prompt list in place
             height=settings.resolution,
@@ -177,7 +184,10 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings, references=No
             **family.pipeline_guidance_kwargs(guidance),  # Qwen-Image: true CFG with its negative prompt
             **extra,
         )
-        images.append(out.images[:, :3].float().cpu())  # Qwen-Image 2.1's VAE gives RGBA
+        if family.is_video:  # videos [B, F, 3, H, W]
+            images.append(out.frames.float().cpu())
+        else:
+            images.append(out.images[:, :3].float().cpu())  # Qwen-Image 2.1's VAE gives RGBA
     return torch.cat(images)
 
 
@@ -265,6 +275,10 @@ def run_eval(
     loaded = load_pipeline(model, {"torch_dtype": dtype}, settings.controlnet_name_or_path)
     pipeline = sampling_pipeline(loaded).to(device)
     family = adapter_class(type(pipeline))
+    if family.is_video:  # image rewards score every `reward_frame_stride`-th frame, as in training
+        from .rewards.video import for_videos
+
+        rewards = for_videos(rewards, settings.reward_frame_stride)
     references, masks = conditioning_inputs(family, columns, settings, len(prompts))
     conditions = {}
     if references is not None:
@@ -304,6 +318,14 @@ def run_eval(
     if after_images is not None:
         rows.append(after_images[shown])
         labels.append("after")
+    if family.is_video:  # the grid shows first frames; the videos themselves go to eval_videos/
+        from .hub import save_video
+
+        os.makedirs(os.path.join(output_dir, "eval_videos"), exist_ok=True)
+        for label, videos in zip(labels, rows):
+            for i, video in enumerate(videos[:4]):
+                save_video(video, os.path.join(output_dir, "eval_videos", f"{label}_{i}.webp"), settings.frame_rate)
+        rows = [videos[:, 0] for videos in rows]
     image_grid(rows, labels).save(os.path.join(output_dir, "eval_grid.png"))
     for name, kinds in report["rewards"].items():
         for kind, row in kinds.items():

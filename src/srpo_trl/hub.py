@@ -121,6 +121,9 @@ class InferenceSettings:
     #: A ControlNet pipeline's ControlNet(s), hub ids or folders, loaded apart from the base (as diffusers documents).
     controlnets: list[str] | None = None
     controlnet_conditioning_scale: list[float] | None = None
+    #: Video families: frames per video and the frame rate the snippet writes it at.
+    num_frames: int | None = None
+    frame_rate: int = 16
 
 
 def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: float) -> str:
@@ -145,6 +148,8 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
     # A modular pipeline's first positional argument is its state: the prompt goes by name.
     lines = [f"prompt={prompt}," if support.modular else f"{prompt},"] + list(support.inputs)
     lines += [f"{k}={v!r}," for k, v in arguments.items() if v is not None]
+    if settings.num_frames is not None:
+        lines.append(f"num_frames={settings.num_frames},")
     scales = settings.controlnet_conditioning_scale
     if scales is not None and scales != [1.0]:
         lines.append(f"controlnet_conditioning_scale={scales[0] if len(scales) == 1 else scales!r},")
@@ -170,6 +175,11 @@ def _loading_snippet(
     dtype = f"torch.{settings.dtype}"
     to_device = "" if settings.device == "cpu" else f'.to("{settings.device}")'
     prompt_line = f"image = pipe({_call_arguments(pipeline_class, settings, guidance)}).images[0]"
+    if settings.num_frames is not None:  # a video family: the first video of the batch, written as an mp4
+        prompt_line = (
+            f"video = pipe({_call_arguments(pipeline_class, settings, guidance)}).frames[0]\n"
+            f'export_to_video(video, "video.mp4", fps={settings.frame_rate})'
+        )
     if base_model is None:  # built in code: no id to load it by, so the snippet starts from the user's object
         load_base = f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"
         load_base_with_transformer = load_base + "\npipe.transformer = transformer"
@@ -182,6 +192,8 @@ def _loading_snippet(
     imports = f"import torch\nfrom diffusers import {pipeline_class}"
     if _support(pipeline_class).inputs:  # a variant's own inputs are images
         imports += "\nfrom diffusers.utils import load_image"
+    if settings.num_frames is not None:
+        imports += "\nfrom diffusers.utils import export_to_video"
     if settings.controlnets and base_model is not None:  # the ControlNet(s) load apart, and join the base pipeline
         imports = imports.replace(pipeline_class, f"FluxControlNetModel, {pipeline_class}", 1)
         nets = [f'FluxControlNetModel.from_pretrained("{c}", torch_dtype={dtype})' for c in settings.controlnets]
@@ -348,19 +360,36 @@ library. Reward functions: {rewards}.
     return ModelCard(content)
 
 
+def save_video(frames: torch.Tensor, path: str, frame_rate: int) -> None:
+    """A video `[F, 3, H, W]` in [0, 1] as an animated, looping, lossless WebP (Pillow's encoder) at `frame_rate`."""
+    from PIL import Image
+
+    pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(array) for array in pixels]
+    duration = round(1000 / frame_rate)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, lossless=True)
+
+
 def save_sample_images(images: torch.Tensor, prompts: list[str], output_dir: str, settings: dict) -> list[str]:
-    """Write `images` (`[B, 3, H, W]` in [0, 1]) as `{output_dir}/samples/sample_{i}.png`, and `prompts.json`:
-    one row per image with its prompt, its path and how it was made (`settings`). Returns the paths."""
+    """Write `images` (`[B, 3, H, W]` in [0, 1]) as `{output_dir}/samples/sample_{i}.png`, or videos (`[B, F, 3, H,
+    W]`) as animated `sample_{i}.webp` at `settings["frame_rate"]`, and `prompts.json`: one row per sample with its
+    prompt, its path and how it was made (`settings`). Returns the paths."""
     from PIL import Image
 
     folder = os.path.join(output_dir, SAMPLES_DIR)
     os.makedirs(folder, exist_ok=True)
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     paths = []
-    for i, array in enumerate(pixels):
-        paths.append(os.path.join(folder, f"sample_{i}.png"))
-        Image.fromarray(array).save(paths[-1])
-    rows = [{"prompt": p, "image": f"{SAMPLES_DIR}/sample_{i}.png", **settings} for i, p in enumerate(prompts)]
+    if images.ndim == 5:
+        for i, video in enumerate(images):
+            paths.append(os.path.join(folder, f"sample_{i}.webp"))
+            save_video(video, paths[-1], settings["frame_rate"])
+    else:
+        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for i, array in enumerate(pixels):
+            paths.append(os.path.join(folder, f"sample_{i}.png"))
+            Image.fromarray(array).save(paths[-1])
+    names = [os.path.basename(path) for path in paths]
+    rows = [{"prompt": p, "image": f"{SAMPLES_DIR}/{name}", **settings} for p, name in zip(prompts, names)]
     with open(os.path.join(folder, "prompts.json"), "w") as f:
         json.dump(rows, f)
     return paths
@@ -412,6 +441,8 @@ def _run_inference_settings(trainer, samples) -> InferenceSettings:
     prompt = _first_prompt(trainer, samples)
     if prompt is not None:
         settings.prompt = prompt
+    if trainer.adapter.is_video:
+        settings.num_frames, settings.frame_rate = trainer.adapter.num_frames, args.frame_rate
     if hasattr(trainer.pipeline, "controlnet"):
         settings.controlnet_conditioning_scale = list(args.controlnet_conditioning_scale)
         nets = getattr(trainer.pipeline.controlnet, "nets", [trainer.pipeline.controlnet])

@@ -47,6 +47,8 @@ class PublishingMixin:
             "steps": self.args.rollout_steps,
             "resolution": f"{self.height}x{self.width}",
         }
+        if images.ndim == 5:  # videos: written as animated WebP at the configured frame rate
+            settings.update(frames=images.shape[1], frame_rate=self.args.frame_rate)
         return save_sample_images(images, list(prompts), output_dir, settings)
 
     def push_to_hub(
@@ -94,6 +96,8 @@ class PublishingMixin:
         images = self.generate(prompts, seed=self.args.seed, guidance_scale=self.args.sample_guidance_scale)
         if not self.is_world_process_zero():
             return
+        if images.ndim == 5:  # videos: the trackers get each one's first frame (the saved samples are whole videos)
+            images = images[:, 0]
         log_images_to_trackers(self.callback_handler.callbacks, images, prompts, self.state.global_step)
 
     def model_card(self, repo_or_dir: str):

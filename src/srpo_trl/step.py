@@ -132,8 +132,9 @@ class SRPOStep:
         return direct_align.recover_x0(x_end, b.eps, b.end)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images `[n * B, 3, H, W]` in [0, 1], differentiably."""
-        return self.adapter.decode(latents, self.height, self.width)
+        """Images `[n * B, 3, H, W]` (videos `[n * B, F, 3, H, W]`) in [0, 1], differentiably: what the adapter lets
+        the rewards see (a video family may decode only its first frames)."""
+        return self.adapter.decode(self.adapter.reward_latents(latents), self.height, self.width)
 
     def reward_losses(
         self,

@@ -134,6 +134,11 @@ class SRPOTrainer(PublishingMixin, Trainer):
                 train_dataset, args.dataset_reference_image_column
             )
         self.adapter.configure(args)
+        if self.adapter.is_video:  # image rewards score every `reward_frame_stride`-th decoded frame
+            from .rewards.video import for_videos
+
+            self.rewards = for_videos(self.rewards, args.reward_frame_stride)
+            self.eval_only_rewards = for_videos(self.eval_only_rewards, args.reward_frame_stride)
         # The conditioning images rewards compare with; Fill datasets without masks get seeded random ones.
         self.conditions = BatchConditions(self.adapter, args, [*self.rewards, *self.eval_only_rewards])
         train_dataset = self.conditions.with_masks(train_dataset, "train_dataset")

@@ -24,6 +24,7 @@ from .qwen_image import QwenImageAdapter
 from .qwen_image21 import QwenImage21Adapter
 from .qwen_image_edit import QwenImageEditAdapter, QwenImageEditPlusAdapter
 from .sd3 import SD3Adapter
+from .wan import WanAdapter
 from .z_image import ZImageAdapter
 
 
@@ -123,6 +124,8 @@ PIPELINES: dict[str, PipelineSupport] = {
     "StableDiffusion3InpaintPipeline": PipelineSupport(
         SD3Adapter, "StableDiffusion3Pipeline", inputs=(_IMAGE, _MASK, "strength=0.6,")
     ),
+    # Wan 2.1 / 2.2 text-to-video (2.2 A14B: two experts; TI2V-5B).
+    "WanPipeline": PipelineSupport(WanAdapter, "WanPipeline"),
 }
 
 #: Pipeline class name -> adapter class. Subclasses of a listed pipeline use the same adapter.
@@ -219,6 +222,7 @@ __all__ = [
     "QwenImageEditPlusAdapter",
     "QwenImage21Adapter",
     "SD3Adapter",
+    "WanAdapter",
     "ZImageAdapter",
     "adapter_class",
     "check_model_index",

@@ -188,6 +188,8 @@ class AdapterBase:
     uses_mask: ClassVar[bool] = False
     #: The Hub tag the model card gives the family (every FLUX is `flux`).
     hub_tag: ClassVar[str] = "flux"
+    #: A video family (Wan): `decode` gives `[B, F, 3, H, W]` and image rewards score frames (`FrameReward`).
+    is_video: ClassVar[bool] = False
     text_sees_reference: ClassVar[bool] = False
     #: The guidance of the rollout, of the two training calls and of the logged samples when `SRPOConfig` leaves
     #: them unset: for FLUX, the recipe's distilled-guidance inputs (1.0 in the rollout, 3.5 in training) and
@@ -252,6 +254,11 @@ class AdapterBase:
     def rollout_sigmas(self, num_steps: int, height: int, width: int) -> torch.Tensor | None:
         """No grid of the family's own: the rollout uses the shifted uniform grid."""
         return None
+
+    def reward_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The part of the recovered latents the training step decodes for the rewards: all of it (a video family
+        may decode fewer frames, see `SRPOConfig.decode_latent_frames`)."""
+        return latents
 
     def add_reference(self, conditioning, reference_images, height, width, **extra):
         """Conditioning with the reference images added; text-to-image families have none."""

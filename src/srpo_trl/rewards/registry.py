@@ -38,6 +38,8 @@ class RewardSpec:
     hinge_threshold: float = DEFAULT_HINGE_THRESHOLD
     #: The pipeline's conditioning the reward compares with (`Reward.conditions`): empty for preference rewards.
     conditions: tuple[str, ...] = ()
+    #: Scores videos (video families only).
+    video: bool = False
 
 
 _VIT_H = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -146,6 +148,20 @@ REWARDS: dict[str, RewardSpec] = {
             hinge_threshold=1.0,
             conditions=("control_images",),
         ),
+        RewardSpec(
+            name="temporal-consistency",
+            family="temporal",
+            checkpoint=_VIT_L,
+            filename=None,
+            tokenizer=None,
+            license="mit",
+            text_conditioned=False,
+            output_scale="cosine of consecutive (strided) frames' image features, in [-1, 1]",
+            parameters="304 M (ViT-L/14 image tower)",
+            description="flicker between video frames (video families; image-only: plain Direct-Align)",
+            hinge_threshold=1.0,
+            video=True,
+        ),
     ]
 }
 
@@ -251,8 +267,18 @@ def _load_depth(spec: RewardSpec, path: str | None, dtype) -> Reward:
     return DepthConsistencyReward(path or spec.checkpoint, dtype=dtype)
 
 
+def _load_temporal(spec: RewardSpec, path: str | None, dtype) -> Reward:
+    from transformers import CLIPVisionModelWithProjection
+
+    from .video import TemporalConsistencyReward
+
+    model = CLIPVisionModelWithProjection.from_pretrained(path or spec.checkpoint, dtype=dtype or torch.float32)
+    return TemporalConsistencyReward(model, name=spec.name)
+
+
 _LOADERS: dict[str, Callable[..., Reward]] = {
     "depth": _load_depth,
+    "temporal": _load_temporal,
     "clip": _load_clip,
     "hps": _load_hps,
     "aesthetic": _load_aesthetic,

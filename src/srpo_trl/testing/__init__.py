@@ -464,3 +464,4 @@ from .depth import TINY_DEPTH_PROCESSOR, save_tiny_depth_model, tiny_depth_model
 from .qwen_image21 import tiny_qwen_image21_pipeline  # noqa: E402, F401
 from .sd3 import tiny_sd3_pipeline  # noqa: E402, F401
 from .z_image import tiny_z_image_pipeline  # noqa: E402, F401
+from .wan import tiny_wan_pipeline  # noqa: E402, F401
