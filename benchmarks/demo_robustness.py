@@ -23,11 +23,11 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 
-def run_one(seed: int, threads: int, words: list[str], max_steps: int, workdir: str) -> dict:
+def run_one(seed: int, threads: int, words: list[str], max_steps: int, workdir: str, extra: list[str]) -> dict:
     out = os.path.join(workdir, f"seed{seed}-threads{threads}-{'-'.join(words)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "srpo_trl.cli", "demo", "--output_dir", out, "--seed", str(seed)]
-    command += ["--max_steps", str(max_steps), "--words", *words]
+    command += ["--max_steps", str(max_steps), "--words", *words, *extra]
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(out, "demo_results.json")) as f:
         return json.load(f)
@@ -53,11 +53,19 @@ def main(argv=None) -> int:
     parser.add_argument("--max_steps", type=int, default=150)
     parser.add_argument("--parallel", type=int, default=1, help="Processes at once (single-thread runs only).")
     parser.add_argument("--output", help="Write every run's results to this JSON file.")
+    parser.add_argument("--content_weight", type=float, help="The demo's --content_weight (default: the demo's).")
+    parser.add_argument("--learning_rate", type=float, help="The demo's --learning_rate (default: the demo's).")
     args = parser.parse_args(argv)
+    extra = []
+    for name in ("content_weight", "learning_rate"):
+        if getattr(args, name) is not None:
+            extra += [f"--{name}", str(getattr(args, name))]
     jobs = [(seed, threads) for threads in args.threads for seed in args.seeds]
     with tempfile.TemporaryDirectory() as workdir:
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-            results = list(pool.map(lambda job: run_one(job[0], job[1], args.words, args.max_steps, workdir), jobs))
+            results = list(
+                pool.map(lambda job: run_one(job[0], job[1], args.words, args.max_steps, workdir, extra), jobs)
+            )
     print(
         "| seed | threads | words | SRP before | SRP after | gain | read as photo | content as prompted | "
         "shape / colour | seconds |"

@@ -48,6 +48,8 @@ DEFAULT_LEARNING_RATE = 1e-4
 #: `f(x, "photo. p")`, which also asks for the prompt's content, plus the style difference. The recipe's
 #: `[0.10, 0.25]` leaves the content term small.
 DENOISE_DISCOUNT = (1.0, 1.0)
+#: Weight of the content-keeping reward `shapes-content` beside the SRP style reward (0: the style reward alone).
+DEFAULT_CONTENT_WEIGHT = 0.3
 #: Besides what any run leaves (weights, samples, results): the folder of the evaluation command the demo prints.
 DEMO_EXTRA_RESULTS = ("eval", "eval_prompts.txt")
 
@@ -105,6 +107,7 @@ def run_demo(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     log=print,
     overwrite_output_dir: bool = False,
+    content_weight: float = DEFAULT_CONTENT_WEIGHT,
 ) -> DemoResult:
     """Train the demo LoRA and write its artefacts to `output_dir`; see the module docstring.
 
@@ -130,10 +133,18 @@ def run_demo(
 
     start = time.perf_counter()
     positive, negative = words
+    style = shapes_reward()
+    rewards = [style]
+    args = demo_config(output_dir, max_steps, seed, words, learning_rate)
+    if content_weight > 0:  # the same shipped CLIP, read as a content classifier (one model in memory)
+        from .pretrained.content import ShapesContentReward
+
+        rewards.append(ShapesContentReward(style))
+        args.reward_weights = [1.0, float(content_weight)]
     trainer = SRPOTrainer(
         model=PIPELINE_DIR,
-        reward_funcs=shapes_reward(),
-        args=demo_config(output_dir, max_steps, seed, words, learning_rate),
+        reward_funcs=rewards,
+        args=args,
         train_dataset=Dataset.from_dict({"prompt": TRAIN_PROMPTS}),
         eval_dataset=Dataset.from_dict({"prompt": EVAL_PROMPTS * EVAL_SEEDS}),
         # lora_alpha != r, as in real runs; peft's default initialisation (B = 0: training starts at the base).
@@ -151,11 +162,12 @@ def run_demo(
     scenes = [shapes.Scene(*c, positive) for c in EVAL_CONTENTS] * EVAL_SEEDS
     reward = trainer.rewards[0]
     before_images = held_out_images()
-    before = trainer.evaluate()["eval_reward"]
+    style_srp = f"eval_rewards/{style.name}/srp"  # the style reward's SRP alone, whatever else trains beside it
+    before = trainer.evaluate()[style_srp]
     content_before = content_accuracy(reward, before_images, scenes)
     trainer.train()
     after_images = held_out_images()
-    after = trainer.evaluate()["eval_reward"]
+    after = trainer.evaluate()[style_srp]
     content_after = content_accuracy(reward, after_images, scenes)
     trainer.save_model(output_dir)
 
@@ -172,7 +184,8 @@ def run_demo(
     n = len(EVAL_PROMPTS)
     rows = [before_images[:n], after_images[:n], before_images[n : 2 * n], after_images[n : 2 * n]]
     labels = [f"before, seed {seed}", "after", f"before, seed {seed + 1}", "after"]
-    image_grid(rows, labels).save(files["before/after grid"])
+    captions = [reading_marks(reward, images, scenes[:n]) for images in rows]
+    image_grid(rows, labels, captions=captions).save(files["before/after grid"])
     keys = ["reward/denoise", "reward/inversion", "eval_reward"]
     curve = reward_curve(trainer.state.log_history, keys, title=f"SRP reward ({positive} - {negative})")
     curve.save(files["reward curve"])
@@ -183,6 +196,7 @@ def run_demo(
         "seed": seed,
         "threads": torch.get_num_threads(),
         "held_out_srp_reward": {"before": before, "after": after},
+        "content_weight": content_weight,
         "held_out_content": {"before": content_before, "after": content_after},
         "seconds": round(seconds, 1),
     }
@@ -200,6 +214,18 @@ def run_demo(
         log(f"  {name}: {path}")
     log("evaluate it with the stock diffusers pipeline:\n  " + eval_command(output_dir, words))
     return DemoResult(output_dir, before, after, content_before, content_after, seconds, files)
+
+
+def reading_marks(reward, images: torch.Tensor, scenes) -> list[tuple[str, str]]:
+    """How the shipped reward reads each image, for the grid: its style, and whether its shape, colour and position
+    are the prompted ones (green) or not (red)."""
+    from .pretrained.classify import classify_scenes
+
+    marks = []
+    for seen, asked in zip(classify_scenes(reward, images), scenes):
+        right = (seen.shape, seen.colour, seen.position) == (asked.shape, asked.colour, asked.position)
+        marks.append((f"{seen.style}, {'as asked' if right else 'content off'}", "green" if right else "red"))
+    return marks
 
 
 def eval_command(output_dir: str, words: tuple[str, str] = DEFAULT_WORDS) -> str:

@@ -16,17 +16,30 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def image_grid(rows: Sequence[torch.Tensor], row_labels: Sequence[str], cell: int = 128) -> Image.Image:
-    """Rows of images `[N, 3, H, W]`, each cell upscaled to `cell` pixels, with a label left of each row."""
+def image_grid(
+    rows: Sequence[torch.Tensor],
+    row_labels: Sequence[str],
+    cell: int = 128,
+    captions: Sequence[Sequence[tuple[str, str]]] | None = None,
+) -> Image.Image:
+    """Rows of images `[N, 3, H, W]`, each cell upscaled to `cell` pixels, with a label left of each row.
+
+    `captions` (one list per row, one `(text, colour)` per image) are written on a strip under each image: how a
+    reward read it, for instance."""
     label_width, pad = 90, 4
+    strip = 14 if captions is not None else 0
     columns = max(len(r) for r in rows)
-    grid = Image.new("RGB", (label_width + columns * (cell + pad), len(rows) * (cell + pad)), "white")
+    grid = Image.new("RGB", (label_width + columns * (cell + pad), len(rows) * (cell + strip + pad)), "white")
     draw = ImageDraw.Draw(grid)
     for i, (images, label) in enumerate(zip(rows, row_labels)):
-        y = i * (cell + pad)
+        y = i * (cell + strip + pad)
         draw.text((4, y + cell // 2 - 6), label, fill="black")
         for j, image in enumerate(images):
-            grid.paste(to_pil(image).resize((cell, cell), Image.NEAREST), (label_width + j * (cell + pad), y))
+            x = label_width + j * (cell + pad)
+            grid.paste(to_pil(image).resize((cell, cell), Image.NEAREST), (x, y))
+            if captions is not None:
+                text, colour = captions[i][j]
+                draw.text((x + 2, y + cell + 1), text, fill=colour)
     return grid
 
 

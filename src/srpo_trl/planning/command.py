@@ -49,7 +49,7 @@ def recipe_from_args(script_args, training_args, model_args, engine="none", proc
     optim = getattr(training_args.optim, "value", training_args.optim)
     return Recipe(
         model=model_args.model_name_or_path,
-        resolution=tuple(training_args.resolution) * (2 // len(training_args.resolution)),
+        resolution=tuple(training_args.image_size),  # an int or [height, width] in the recipe
         batch_size=training_args.per_device_train_batch_size,
         use_peft=model_args.use_peft,
         lora_r=model_args.lora_r,
