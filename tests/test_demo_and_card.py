@@ -128,6 +128,28 @@ def test_model_card_for_flux_dev_lora_carries_licence_and_metadata(tmp_path):
     assert 'pipe.load_lora_weights("me/flux-srpo")' in loaded.text
 
 
+@pytest.mark.parametrize(
+    "base, pipeline_class, tag, licence",
+    [
+        ("Tongyi-MAI/Z-Image-Turbo", "ZImagePipeline", "z-image", ("apache-2.0", None)),
+        (
+            "stabilityai/stable-diffusion-3.5-medium",
+            "StableDiffusion3Pipeline",
+            "sd3",
+            ("other", "stabilityai-ai-community"),
+        ),
+        ("Qwen/Qwen-Image-2.1", "QwenImage21Pipeline", "qwen-image", ("other", "qwen-research")),
+        ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline", "wan", ("apache-2.0", None)),
+    ],
+)
+def test_the_newer_families_cards_know_their_licence_and_tag_offline(base, pipeline_class, tag, licence):
+    card = build_model_card(base_model=base, lora=True, repo_or_dir="me/srpo", training_summary={},
+                            pipeline_class=pipeline_class)  # fmt: skip
+    data = card.data.to_dict()
+    assert tag in data["tags"] and (data["license"], data.get("license_name")) == licence
+    assert f'{pipeline_class}.from_pretrained("{base}"' in card.text
+
+
 def test_model_card_reads_a_local_base_licence_and_full_fine_tune_snippet(tmp_path):
     base = tmp_path / "base"
     base.mkdir()

@@ -45,8 +45,18 @@ KNOWN_LICENSES: dict[str, dict[str, str]] = {
     },
     "black-forest-labs/FLUX.1-schnell": {"license": "apache-2.0"},
     "lodestones/Chroma1-HD": {"license": "apache-2.0"},
+    # Qwen-Image 2.1 is not Apache-2.0 like earlier Qwen-Image releases: the Qwen Research License (non-commercial).
+    "Qwen/Qwen-Image-2.1": {
+        "license": "other",
+        "license_name": "qwen-research",
+        "license_link": "https://huggingface.co/Qwen/Qwen-Image-2.1/blob/main/LICENSE",
+    },
     "Tongyi-MAI/Z-Image": {"license": "apache-2.0"},
     "Tongyi-MAI/Z-Image-Turbo": {"license": "apache-2.0"},
+    **{
+        f"Wan-AI/{name}-Diffusers": {"license": "apache-2.0"}
+        for name in ("Wan2.1-T2V-1.3B", "Wan2.1-T2V-14B", "Wan2.2-T2V-A14B", "Wan2.2-TI2V-5B")
+    },
     **{
         f"stabilityai/{name}": {
             "license": "other",
