@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--words", nargs=2, default=["photo", "drawing"])
-    parser.add_argument("--max_steps", type=int, default=150)
+    parser.add_argument("--max_steps", type=int, default=300, help="The demo's --max_steps (default: the demo's).")
     parser.add_argument("--parallel", type=int, default=1, help="Processes at once (single-thread runs only).")
     parser.add_argument("--output", help="Write every run's results to this JSON file.")
     parser.add_argument("--content_weight", type=float, help="The demo's --content_weight (default: the demo's).")

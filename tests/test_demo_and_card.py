@@ -8,13 +8,20 @@ from srpo_trl.cli import main
 from srpo_trl.demo import EVAL_PROMPTS
 from srpo_trl.hub import build_model_card
 
-# The demo shortened for the default suite; the full-length runs in both directions are the `slow` test below.
+# The demo shortened for the default suite, on the style reward alone (`--content_weight 0`: in 30 steps the content
+# guard holds the style back, 0.0475 -> 0.0464 for seed 0); the full-length runs at the defaults, in both directions,
+# are the `slow` test below.
 SHORT_STEPS = 30
-# Held-out SRP gain after SHORT_STEPS steps: measured +0.007 to +0.032 for seeds 0-2 at 1 and 2 threads (+0.030 and
-# +0.032 for seed 0, the one run here; benchmarks/demo_robustness.py --max_steps 30).
+# Held-out SRP gain after SHORT_STEPS steps of the style reward alone: measured +0.007 to +0.032 for seeds 0-2 at 1 and
+# 2 threads (+0.030 and +0.032 for seed 0, the one run here; benchmarks/demo_robustness.py --max_steps 30
+# --content_weight 0).
 SHORT_GAIN = 0.005
-# Full length (150 steps): shape and colour accuracy may drop by at most this much (docs/concepts.md).
-CONTENT_TOLERANCE = 0.15
+# Full length (300 steps, content reward at weight 0.2), +photo / -drawing: the fraction of held-out samples whose
+# shape, colour and position all read as prompted may drop by at most this much, and the fraction read as photos
+# rises by at least PHOTO_GAIN (measured, seeds 0-2 at 1 and 2 threads: content +0 to -3 points, photos +7 to +10;
+# docs/concepts.md).
+CONTENT_TOLERANCE = 0.05
+PHOTO_GAIN = 0.06
 
 
 def _run_demo(out, *flags) -> dict:
@@ -25,11 +32,11 @@ def _run_demo(out, *flags) -> dict:
 
 
 def test_demo_raises_the_held_out_reward_and_its_eval_command_scores_the_result(tmp_path, capsys, monkeypatch):
-    """The demo on the shipped model (`srpo_trl.pretrained`) at its own settings, shortened: the held-out SRP reward
+    """The demo on the shipped model (`srpo_trl.pretrained`), shortened, style reward alone: the held-out SRP reward
     rises, and the evaluation command it prints scores the saved LoRA, reloaded by the stock pipeline, higher than
     the base. Then: a second demo or evaluation into the same folders is refused, and the model card's loading
     snippet runs as written."""
-    results = _run_demo(tmp_path / "demo", "--max_steps", str(SHORT_STEPS))
+    results = _run_demo(tmp_path / "demo", "--max_steps", str(SHORT_STEPS), "--content_weight", "0")
     reward = results["held_out_srp_reward"]
     assert reward["after"] > reward["before"] + SHORT_GAIN, reward
 
@@ -91,8 +98,9 @@ def test_demo_help_says_what_it_does_and_how_long_it_takes(capsys):
 
 @pytest.mark.slow
 def test_full_demo_moves_style_to_its_words_keeps_content_and_swapped_words_reverse_it(tmp_path):
-    """Both directions at full length: each run raises its own SRP reward, so `+photo / -drawing` ends with more
-    samples read as photos than `--words drawing photo`, and shape and colour stay within CONTENT_TOLERANCE."""
+    """Both directions at full length: each run raises its own SRP reward; `+photo / -drawing` reads at least
+    PHOTO_GAIN more samples as photos with the prompted content kept within CONTENT_TOLERANCE, and
+    `--words drawing photo` ends with fewer photos than the base."""
     results = {
         words[0]: _run_demo(tmp_path / words[0], "--words", *words)
         for words in (["photo", "drawing"], ["drawing", "photo"])
@@ -100,12 +108,10 @@ def test_full_demo_moves_style_to_its_words_keeps_content_and_swapped_words_reve
     for run in results.values():
         reward = run["held_out_srp_reward"]
         assert reward["after"] > reward["before"], reward
-        before, after = run["held_out_content"]["before"], run["held_out_content"]["after"]
-        assert after["shape"] >= before["shape"] - CONTENT_TOLERANCE, (before, after)
-        assert after["colour"] >= before["colour"] - CONTENT_TOLERANCE, (before, after)
-    photo = {k: run["held_out_content"]["after"]["photo"] for k, run in results.items()}
-    before = results["photo"]["held_out_content"]["before"]["photo"]
-    assert photo["photo"] > before > photo["drawing"], (before, photo)
+    before, after = (results["photo"]["held_out_content"][k] for k in ("before", "after"))
+    assert after["photo"] >= before["photo"] + PHOTO_GAIN, (before, after)
+    assert after["content"] >= before["content"] - CONTENT_TOLERANCE, (before, after)
+    assert results["drawing"]["held_out_content"]["after"]["photo"] < before["photo"], results["drawing"]
 
 
 def test_model_card_for_flux_dev_lora_carries_licence_and_metadata(tmp_path):

@@ -97,3 +97,33 @@ def test_build_is_deterministic():
         states.append(vae.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert vae.config.shift_factor is not None  # FLUX's latent normalisation, measured on the images
+
+
+def test_the_content_reward_reads_the_prompted_content_in_either_style():
+    """`shapes-content` (the demo's guard against reward hacking): the probability that the shipped reward reads the
+    prompted shape, colour and position, whatever the style; higher for the prompted scene than for another scene;
+    differentiable; other prompts are refused."""
+    import pytest
+
+    from srpo_trl.pretrained.content import ShapesContentReward
+
+    reward = ShapesContentReward(shapes_reward())
+    assert not reward.text_conditioned and reward.hinge_threshold == 1.0
+    rng = np.random.default_rng(0)
+    asked = [
+        shapes.Scene("circle", "red", "on the left", "photo"),
+        shapes.Scene("square", "blue", "at the top", "drawing"),
+    ]
+    other = [shapes.Scene("triangle", "green", "on the right", "photo"), shapes.Scene("circle", "yellow", "at the bottom", "drawing")]  # fmt: skip
+    prompts = [scene.content for scene in asked]
+
+    def pixels(scenes):
+        return torch.from_numpy(shapes.render(scenes, rng).astype(np.float32) / 255).permute(0, 3, 1, 2)
+
+    right, wrong = pixels(asked).requires_grad_(True), pixels(other)
+    score = reward.score(right, prompts)
+    assert ((0 <= score) & (score <= 1)).all() and (score > reward.score(wrong, prompts)).all(), score
+    score.sum().backward()
+    assert right.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not shapes-world content prompts"):
+        reward.score(right, ["a portrait photo", "a cat"])

@@ -5,9 +5,12 @@ shapes world (one shape, in one colour, at one position, as a `photo` or a `draw
 shipped CLIP reward `shapes-clip` trained on the same images. The control words `+photo / -drawing` play
 the part of the paper's `Real` / `Painting`: SRP rewards an image for looking more like a photo than like a
 drawing of the same prompt. The held-out prompts leave the style open, so the base draws both styles for
-them; training moves the samples towards photos while mostly keeping their shape and colour, which the
-shipped reward checks by reading them back (docs/concepts.md gives the numbers, and what is not kept).
-`--words drawing photo` reverses the direction.
+them; training moves the samples towards photos. Trained on the style alone, this small model gives content up
+for style (a photo-like texture without its shape): reward hacking in miniature. So a content-keeping reward
+(`shapes-content`, the shipped reward's reading of the prompted shape, colour and position) trains beside it
+with weight 0.2, as a real run would add a prompt-following reward beside a preference reward; the shipped reward
+checks both by reading the samples back (docs/concepts.md gives the numbers). `--words drawing photo` reverses
+the direction.
 
 The demo writes the LoRA weights, a before/after grid, a reward curve, the measured results and a model card.
 """
@@ -48,8 +51,13 @@ DEFAULT_LEARNING_RATE = 1e-4
 #: `f(x, "photo. p")`, which also asks for the prompt's content, plus the style difference. The recipe's
 #: `[0.10, 0.25]` leaves the content term small.
 DENOISE_DISCOUNT = (1.0, 1.0)
-#: Weight of the content-keeping reward `shapes-content` beside the SRP style reward (0: the style reward alone).
-DEFAULT_CONTENT_WEIGHT = 0.3
+#: Weight of the content-keeping reward `shapes-content` beside the SRP style reward (0: the style reward alone, which
+#: reward-hacks at this scale: 12-25 points of content lost for 7-10 points of style). 0.2 with 300 steps keeps the
+#: content within 3 points and the style gain as large as without it; 0.3 keeps the content but stops the style on
+#: two seeds of three; docs/concepts.md has the runs.
+DEFAULT_CONTENT_WEIGHT = 0.2
+#: Training steps: twice the unguarded demo's 150, since the content reward slows the style down.
+DEFAULT_MAX_STEPS = 300
 #: Besides what any run leaves (weights, samples, results): the folder of the evaluation command the demo prints.
 DEMO_EXTRA_RESULTS = ("eval", "eval_prompts.txt")
 
@@ -101,7 +109,7 @@ def demo_config(output_dir: str, max_steps: int, seed: int, words: tuple[str, st
 
 def run_demo(
     output_dir: str = "srpo-demo",
-    max_steps: int = 150,
+    max_steps: int = DEFAULT_MAX_STEPS,
     seed: int = 0,
     words: tuple[str, str] = DEFAULT_WORDS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
