@@ -41,6 +41,7 @@ def test_a_saved_flux2_klein_folder_is_detected_from_model_index(tmp_path, confi
         "Flux2KleinInpaintPipeline",
         "Flux2KleinKVPipeline",
         "QwenImage21Pipeline",
+        "WanPipeline",
         "ZImagePipeline",
         "ZImageImg2ImgPipeline",
         "ZImageInpaintPipeline",
