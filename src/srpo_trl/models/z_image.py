@@ -42,7 +42,7 @@ import torch
 
 from .base import AdapterBase
 from .flux import pack_latents, unpack_latents
-from .qwen_image import padded_batch
+from .qwen_image import QwenImageAdapter, padded_batch
 
 #: The negative prompt of CFG: the stock pipeline's default (`""` for every prompt).
 NEGATIVE_PROMPT = ""
@@ -123,15 +123,9 @@ class ZImageAdapter(AdapterBase):
         )
         return padded_batch(embeds)
 
-    @staticmethod
-    def _named(prefix: str, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {f"{prefix}_embeds" + ("_mask" if key == "mask" else ""): value for key, value in encoded.items()}
-
-    def _negative_text(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
-        key = str(device)
-        if key not in self._negative:
-            self._negative[key] = self._named("negative_prompt", self._encode([self.negative_prompt], device))
-        return {k: v.expand(batch, *v.shape[1:]) for k, v in self._negative[key].items()}
+    # Named and cached as Qwen-Image's: `{prefix}_embeds(_mask)`, the negative prompt encoded once per device.
+    _named = staticmethod(QwenImageAdapter._named)
+    _negative_text = QwenImageAdapter._negative_conditioning
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:

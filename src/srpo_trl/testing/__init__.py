@@ -149,6 +149,27 @@ def flux1_pipeline(transformer, vae, text_encoder, clip_tokenizer, text_encoder_
     )
 
 
+def tiny_vae(latent_channels: int, scaling_factor: float, shift_factor: float):
+    """A tiny random 8x `AutoencoderKL` (FLUX.1's and SD3's kind) with the family's normalisation factors."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=1024,  # large, so that tiling never kicks in on tiny images
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
 def tiny_flux_pipeline(
     seed: int = 0,
     *,
@@ -174,7 +195,7 @@ def tiny_flux_pipeline(
     The VAE downsamples by 8 (as FLUX's does), so resolutions must be multiples of 16; 4 latent
     channels keep it cheap. The scheduler config copies FLUX.1-dev's (static shift 3).
     """
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     if attention_head_dim % 4:
         raise ValueError(f"attention_head_dim must be divisible by 4, got {attention_head_dim}")
@@ -197,21 +218,7 @@ def tiny_flux_pipeline(
         guidance_embeds=guidance_embeds,
         axes_dims_rope=axes,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=1024,  # large, so that tiling never kicks in on tiny images
-        scaling_factor=1.5035,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_vae(latent_channels, scaling_factor=1.5035, shift_factor=0.0609)
     clip_tokenizer = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(_tiny_clip_text_config(clip_tokenizer, text_dim))
     t5_tokenizer = tiny_t5_tokenizer()

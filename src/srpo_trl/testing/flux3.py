@@ -15,8 +15,9 @@ _QWEN_CHAT_TEMPLATE = (
 )
 
 
-def _tiny_qwen3_vl(tokenizer, hidden_size: int):
-    """A tiny `Qwen3VLForConditionalGeneration` with the 32 (thin) text layers FLUX.3 reads hidden states 4..32 of."""
+def _tiny_qwen3_vl(tokenizer, hidden_size: int, num_layers: int = 32):
+    """A tiny `Qwen3VLForConditionalGeneration` with `num_layers` thin text layers (FLUX.3 reads hidden states 4..32 of
+    32; Qwen-Image 2.1 the last one's output, before the final norm) and a 1-layer vision tower."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
@@ -25,7 +26,7 @@ def _tiny_qwen3_vl(tokenizer, hidden_size: int):
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
             intermediate_size=2 * hidden_size,
-            num_hidden_layers=32,
+            num_hidden_layers=num_layers,
             num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=hidden_size // 2,

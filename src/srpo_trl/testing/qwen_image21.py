@@ -10,41 +10,6 @@ import torch
 TINY_SAMPLE_SIGMAS = [1.0, 0.97, 0.94, 0.9, 0.84, 0.7, 0.42, 0.2]
 
 
-def _tiny_qwen3_vl(tokenizer, hidden_size: int):
-    """A tiny `Qwen3VLForConditionalGeneration`: 2 thin text layers (Qwen-Image 2.1 reads the last one's output, before
-    the final norm) and a 1-layer vision tower."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=hidden_size // 2,
-            max_position_embeddings=4096,
-            pad_token_id=ids("<|endoftext|>"),
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=16,
-            intermediate_size=32,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            deepstack_visual_indexes=[0],
-            num_position_embeddings=16,
-        ),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-    )
-    return Qwen3VLForConditionalGeneration(config)
-
-
 def tiny_qwen_image21_pipeline(
     seed: int = 0,
     *,
@@ -65,13 +30,13 @@ def tiny_qwen_image21_pipeline(
         QwenImage21Transformer2DModel,
     )
 
-    from .flux3 import _QWEN_CHAT_TEMPLATE, _tiny_qwen3_vl_processor
+    from .flux3 import _QWEN_CHAT_TEMPLATE, _tiny_qwen3_vl, _tiny_qwen3_vl_processor
     from .qwen import tiny_qwen_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = tiny_qwen_tokenizer()
     tokenizer.chat_template = _QWEN_CHAT_TEMPLATE
-    text_encoder = _tiny_qwen3_vl(tokenizer, hidden_size)
+    text_encoder = _tiny_qwen3_vl(tokenizer, hidden_size, num_layers=2)  # 2.1 reads the last layer only
     transformer = QwenImage21Transformer2DModel(
         patch_size=1,
         in_channels=latent_channels,

@@ -20,14 +20,13 @@ def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32):
     Resolutions must be multiples of 16 (8x VAE, 2x2 patches), at most 256 px (the positional table's 16 patches).
     """
     from diffusers import (
-        AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
     from transformers import CLIPTextModelWithProjection, T5EncoderModel
 
-    from . import _tiny_clip_text_config, t5_config, tiny_clip_tokenizer, tiny_t5_tokenizer
+    from . import _tiny_clip_text_config, t5_config, tiny_clip_tokenizer, tiny_t5_tokenizer, tiny_vae
 
     torch.manual_seed(seed)
     latent_channels = 16
@@ -52,21 +51,7 @@ def tiny_sd3_pipeline(seed: int = 0, *, dtype: torch.dtype = torch.float32):
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=8,
-        sample_size=1024,  # large, so that tiling never kicks in on tiny images
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_vae(latent_channels, scaling_factor=1.5305, shift_factor=0.0609)
     with torch.no_grad():
         vae.decoder.conv_out.weight.mul_(5.0)
         vae.decoder.conv_out.bias.zero_()
