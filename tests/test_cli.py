@@ -52,6 +52,7 @@ def test_packaged_accelerate_configs_by_name():
         "fsdp2_z_image",
         "fsdp2_sd3",
         "fsdp2_qwen_image21",
+        "fsdp2_wan",
         "deepspeed_zero2",
         "deepspeed_zero3",
     ):

@@ -14,9 +14,10 @@ CONFIGS = os.path.join(ROOT, "examples", "accelerate_configs")
 def _newer_families() -> dict:
     import diffusers.models.transformers.transformer_qwenimage21 as qwen_image21
     import diffusers.models.transformers.transformer_sd3 as sd3
+    import diffusers.models.transformers.transformer_wan as wan
     import diffusers.models.transformers.transformer_z_image as z_image
 
-    return {"fsdp2_z_image": z_image, "fsdp2_sd3": sd3, "fsdp2_qwen_image21": qwen_image21}
+    return {"fsdp2_z_image": z_image, "fsdp2_sd3": sd3, "fsdp2_qwen_image21": qwen_image21, "fsdp2_wan": wan}
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ def _newer_families() -> dict:
         ("fsdp2_z_image", "FSDP"),
         ("fsdp2_sd3", "FSDP"),
         ("fsdp2_qwen_image21", "FSDP"),
+        ("fsdp2_wan", "FSDP"),
         ("deepspeed_zero2", "DEEPSPEED"),
         ("deepspeed_zero3", "DEEPSPEED"),
     ],
@@ -69,6 +71,10 @@ def test_accelerate_configs_load(name, distributed_type):
 
             transformer = getattr(diffusers, f"{newer[name]}Transformer2DModel")
             assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == transformer._no_split_modules
+        if name == "fsdp2_wan":  # Wan's video transformer (Wan 2.1 and both of Wan 2.2 A14B's experts)
+            from diffusers import WanTransformer3DModel
+
+            assert fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",") == WanTransformer3DModel._no_split_modules
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
 

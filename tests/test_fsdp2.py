@@ -24,6 +24,7 @@ FAMILY_BLOCKS = {
     "z-image-lora": {"ZImageTransformerBlock"},
     "sd3-lora": {"JointTransformerBlock"},
     "qwen-image21-lora": {"QwenImage21TransformerBlock"},
+    "wan-lora": {"WanTransformerBlock"},
 }
 FAMILY_KINDS = list(FAMILY_BLOCKS)
 
@@ -70,13 +71,26 @@ def test_save_writes_nothing_on_other_processes(config, tmp_path, monkeypatch):
     assert not (tmp_path / "saved").exists()
 
 
+def _kinds_to_launch(request) -> list[str]:
+    """The kinds the selected tests of this module read, so that `-k wan` launches Wan's runs alone: a test with a
+    `kind` reads that one, the others every FLUX.1 kind."""
+    wanted = set()
+    for item in request.session.items:
+        if getattr(item, "module", None) is not request.module or "launched" not in item.fixturenames:
+            continue
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("kind") if callspec is not None else None
+        wanted.update([kind] if kind is not None else KINDS)
+    return [kind for kind in KINDS + FAMILY_KINDS if kind in wanted]
+
+
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory):
+def launched(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("fsdp2")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541", SCRIPT,
-        str(root / "records"), str(root / "runs"), *KINDS, *FAMILY_KINDS,
+        str(root / "records"), str(root / "runs"), *_kinds_to_launch(request),
     ]  # fmt: skip
     # ACCELERATE_USE_CPU: accelerate's multi-process launcher, on CPUs with the gloo backend.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -164,8 +178,8 @@ def test_under_fsdp2_only_the_main_process_writes(launched):
 @pytest.mark.extended
 @pytest.mark.parametrize("kind", FAMILY_KINDS)
 def test_fsdp2_wraps_each_familys_blocks_and_its_sharded_steps_and_resume_equal_the_unsharded_ones(launched, kind):
-    """FLUX.3 [klein], Z-Image, SD3 and Qwen-Image 2.1 under FSDP2 with their packaged configs' blocks: `fully_shard`
-    wrapped those blocks, two sharded steps equal two DDP steps, and a resume after step 1 ends where the
+    """FLUX.3 [klein], Z-Image, SD3, Qwen-Image 2.1 and Wan 2.1 (5-frame videos) under FSDP2 with their packaged
+    configs' blocks: `fully_shard` wrapped those blocks, two sharded steps equal two DDP steps, and a resume after step 1 ends where the
     uninterrupted run did."""
     ddp, sharded, resumed = (_record(launched, kind, phase) for phase in ("ddp", "fsdp2", "resumed"))
     assert sharded["fsdp2"] and sharded["world"] == 2

@@ -12,6 +12,7 @@ from peft import LoraConfig
 from uphill import uphill_step
 
 from srpo_trl import ColorWordReward, SRPOTrainer, direct_align
+from srpo_trl.evaluation import load_result
 from srpo_trl.models import WanAdapter, get_adapter
 from srpo_trl.rewards.video import FrameReward, TemporalConsistencyReward
 from srpo_trl.testing import tiny_clip_model, tiny_wan_pipeline
@@ -22,12 +23,12 @@ PROMPTS = ["a bird", "a red tree on a hill"]
 TRAIN = Dataset.from_dict({"prompt": ["a cat", "a dog on a hill", "a house", "the sea"]})
 
 
-def _stock(pipe, guidance, size=SIZE, latents=None, prompts=PROMPTS, seed=3):
+def _stock(pipe, guidance, size=SIZE, latents=None, prompts=PROMPTS, seed=3, **kwargs):
     pipe.set_progress_bar_config(disable=True)
     return pipe(
         prompt=prompts, height=size, width=size, num_frames=FRAMES, num_inference_steps=STEPS,
         guidance_scale=guidance, max_sequence_length=32, output_type="pt", latents=latents,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), **kwargs,
     ).frames  # fmt: skip
 
 
@@ -278,6 +279,98 @@ def test_wan22_low_noise_expert_trains_and_its_lora_reloads_into_transformer_2(t
     gap = (loaded - trained).abs().max().item()
     print(f"wan 2.2 A14B transformer_2 LoRA: reloaded against trained {gap:.1e}")
     assert gap <= 1e-5
+    # `srpo-trl eval --load_into_transformer_2` and the card's snippet load it into the same expert.
+    by_eval = tiny_wan_pipeline(0, variant="2.2-a14b")
+    assert load_result(by_eval, str(tmp_path / "lora"), load_into_transformer_2=True) == "lora"
+    assert (_stock(by_eval, 5.0) - trained).abs().max().item() <= 1e-5
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert f'pipe.load_lora_weights("{tmp_path / "lora"}", load_into_transformer_2=True)' in card
+    assert "a LoRA of the low-noise expert `transformer_2`" in card
+
+
+def test_guidance_scale_2_guides_the_low_noise_expert_as_the_stock_wan22_sampler(config):
+    """`SRPOConfig.guidance_scale_2`: the rollout (and the samples, made with it) guide `transformer_2`'s steps with
+    it, as the stock pipeline's `guidance_scale_2`; the two training calls keep `train_guidance_scale`."""
+    trainer = _trainer(config, variant="2.2-a14b", window_start_index=16, guidance_scale_2=2.0, rollout_steps=STEPS)
+    args = trainer.args
+    assert (args.rollout_guidance_scale, args.guidance_scale_2, args.train_guidance_scale) == (5.0, 2.0, 1.0)
+    ours = trainer.generate(PROMPTS, seed=3)  # the rollout's sampler, at the rollout's guidance
+    eps = trainer.adapter.sample_noise(2, SIZE, SIZE, torch.Generator().manual_seed(3), torch.device("cpu"))
+    pipe = tiny_wan_pipeline(0, variant="2.2-a14b")
+    stock = _stock(pipe, 5.0, latents=eps.clone(), guidance_scale_2=2.0)
+    gap = (ours - stock).abs().max().item()
+    print(f"wan 2.2 A14B guidance 5 / guidance_scale_2 2: largest difference to the stock sampler {gap:.1e}")
+    assert gap <= 1e-5
+    assert (stock - _stock(pipe, 5.0, latents=eps.clone())).abs().max() > 1e-3  # the second guidance was applied
+    seen = []
+    velocity = trainer.adapter.velocity
+    trainer.adapter.velocity = lambda *a, **k: seen.append(a[4]) or velocity(*a, **k)
+    trainer.branch_losses(trainer.model, trainer._collate([{"prompt": p} for p in PROMPTS]))
+    assert seen == [(5.0, 2.0)] * STEPS + [1.0]  # the rollout's steps, then the one batched training call
+
+
+def test_guidance_scale_2_is_refused_without_two_experts(config):
+    with pytest.raises(
+        ValueError, match=r"guidance_scale_2=2.0 is the guidance of the low-noise expert .* WanPipeline"
+    ):
+        _trainer(config, guidance_scale_2=2.0)
+
+
+def test_a_full_fine_tune_of_the_low_noise_expert_reloads_into_transformer_2(tmp_path, config, monkeypatch):
+    """A full fine-tune of A14B's `transformer_2` is saved as `transformer_2/`; `srpo-trl eval` and the model card's
+    snippet (run here as written) load it into `pipe.transformer_2`, and both give the trained model's videos, at the
+    run's `guidance_scale_2`."""
+    import json
+
+    from srpo_trl.cli import main
+    from srpo_trl.evaluation import EvalSettings, generate
+
+    trainer = _trainer(config, variant="2.2-a14b", window_start_index=16, guidance_scale_2=2.0)
+    assert trainer.model is trainer.pipeline.transformer_2 and trainer.peft_config is None
+    with torch.no_grad():
+        trainer.model.proj_out.weight.mul_(1.5)  # a visible change of the low-noise expert's output
+    trainer.save_samples(["a bird"], seed=0)
+    trainer.save_model(str(tmp_path / "full"))
+    assert (tmp_path / "full" / "transformer_2" / "config.json").is_file()
+    assert not (tmp_path / "full" / "transformer").exists()
+    with_trained = tiny_wan_pipeline(0, variant="2.2-a14b")
+    with_trained.transformer_2 = trainer.accelerator.unwrap_model(trainer.model).eval()
+    expected = _stock(with_trained, 5.0, guidance_scale_2=2.0)
+    assert (expected - _stock(tiny_wan_pipeline(0, variant="2.2-a14b"), 5.0, guidance_scale_2=2.0)).abs().max() > 1e-2
+    fresh = tiny_wan_pipeline(0, variant="2.2-a14b")
+    assert load_result(fresh, str(tmp_path / "full")) == "transformer_2"
+    gap = (_stock(fresh, 5.0, guidance_scale_2=2.0) - expected).abs().max().item()
+    settings = EvalSettings(resolution=SIZE, num_inference_steps=STEPS, guidance_scale=5.0, guidance_scale_2=2.0,
+                            seed=3, batch_size=2, max_sequence_length=32, num_frames=FRAMES)  # fmt: skip
+    assert torch.equal(generate(fresh, PROMPTS, settings), _stock(fresh, 5.0, guidance_scale_2=2.0))  # eval's call
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "a full fine-tune of the low-noise expert `transformer_2`" in card
+    assert "guidance 5.0 (2.0 for the low-noise expert)" in card  # how the samples were made
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert (
+        f'transformer_2 = WanTransformer3DModel.from_pretrained("{tmp_path / "full"}", subfolder="transformer_2"'
+        in (snippet)
+    )
+    assert "pipe.transformer_2 = transformer_2" in snippet and "guidance_scale_2=2.0," in snippet
+    monkeypatch.chdir(tmp_path)  # the snippet writes video.mp4
+    scope = {
+        "pipe": tiny_wan_pipeline(0, variant="2.2-a14b")
+    }  # the base was built in code: the snippet starts from it
+    exec(snippet.replace("pipe = ...", "pass  #"), scope)  # noqa: S102 - the card's own code
+    assert (tmp_path / "video.mp4").is_file()
+    card_gap = (_stock(scope["pipe"], 5.0, guidance_scale_2=2.0) - expected).abs().max().item()
+    print(f"wan 2.2 A14B transformer_2 full fine-tune: eval's reload {gap:.1e}, the card's {card_gap:.1e}")
+    assert gap <= 1e-5 and card_gap <= 1e-5
+    tiny_wan_pipeline(0, variant="2.2-a14b").save_pretrained(tmp_path / "base")
+    (tmp_path / "prompts.txt").write_text("a bird\na red tree\n")
+    command = ["eval", "--model", str(tmp_path / "base"), "--result", str(tmp_path / "full"), "--prompts",
+               str(tmp_path / "prompts.txt"), "--reward_funcs", "color", "--control_words", "brightness",
+               "--resolution", str(SIZE), "--num_inference_steps", "3", "--num_frames", str(FRAMES),
+               "--guidance_scale_2", "2", "--max_sequence_length", "32",
+               "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    assert main(command) == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["settings"]["guidance_scale_2"] == 2.0 and report["rewards"]["color"]["plain"]["delta"] != 0
 
 
 def test_fsdp2_block_classes():
@@ -332,4 +425,8 @@ def test_samples_and_eval_write_videos_and_the_card_writes_one(tmp_path, config)
     assert main(command) == 0
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["rewards"]["color"]["srp"]["delta"] != 0
+    with pytest.raises(
+        ValueError, match="--guidance_scale_2 is the guidance of the low-noise expert .* one transformer"
+    ):
+        main([*command[:-1], str(tmp_path / "eval-2"), "--guidance_scale_2", "2"])
     assert Image.open(tmp_path / "eval" / "eval_videos" / "after_0.webp").n_frames == FRAMES

@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Guidance scale (default: the family's, 3.5 for FLUX.1-dev; Qwen-Image: true CFG 4.0).",
     )
+    evaluate.add_argument(
+        "--guidance_scale_2",
+        type=float,
+        default=None,
+        help="Wan 2.2 A14B: guidance of the low-noise expert (transformer_2); default: --guidance_scale.",
+    )
+    evaluate.add_argument(
+        "--load_into_transformer_2",
+        action="store_true",
+        help="Wan 2.2 A14B: the --result LoRA is of the low-noise expert (a full fine-tune's transformer_2/ is "
+        "found by its folder).",
+    )
     evaluate.add_argument("--max_sequence_length", type=int, default=512, help="Text tokens (default: 512).")
     evaluate.add_argument(
         "--reference_image_column", default="reference_image", help="Images to edit (Kontext) or repaint (Fill)."
@@ -196,6 +208,8 @@ def _eval(args) -> int:
         resolution=args.resolution,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
+        guidance_scale_2=args.guidance_scale_2,
+        load_into_transformer_2=args.load_into_transformer_2,
         seed=args.seed,
         batch_size=args.batch_size,
         max_sequence_length=args.max_sequence_length,

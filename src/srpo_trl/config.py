@@ -123,6 +123,13 @@ class SRPOConfig(TrainingArguments):
             Guidance of the rollout. Defaults to the family's (`ModelAdapter.default_guidance`): `1.0` for FLUX (an
             input of guidance-distilled models, not CFG); `4.0` for Qwen-Image (true CFG with a negative prompt: two
             transformer calls per step).
+        guidance_scale_2 (`float`, *optional*):
+            Wan 2.2 A14B (two experts): guidance of the low-noise expert `transformer_2` in the rollout and in the
+            sample images, as the stock pipeline's `guidance_scale_2` (also given to it by the model card's snippet);
+            the high-noise expert keeps `rollout_guidance_scale` / `sample_guidance_scale`. Unset, the low-noise
+            expert uses those too, as the stock pipeline defaults it to `guidance_scale`. The two training calls use
+            `train_guidance_scale` whichever expert trains: `guidance_scale_2` is the sampler's, not the training
+            calls'. Refused on a pipeline without two experts.
         per_process_noise (`bool`, *optional*, defaults to `False`):
             The recipe draws the same rollout noise `eps` and levels on every process (each with its own prompts).
             With `True`, each process takes its own slice of one draw for the global batch, so `N` processes with
@@ -347,6 +354,13 @@ class SRPOConfig(TrainingArguments):
     rollout_guidance_scale: float | None = field(
         default=None,
         metadata={"help": "Guidance of the rollout; defaults to the family's (FLUX 1.0, Qwen-Image 4.0)."},
+    )
+    guidance_scale_2: float | None = field(
+        default=None,
+        metadata={
+            "help": "Wan 2.2 A14B: guidance of the low-noise expert (transformer_2) in the rollout and samples, as the "
+            "stock pipeline's guidance_scale_2; defaults to the rollout's / samples' guidance."
+        },
     )
     time_shift: float | None = field(
         default=None, metadata={"help": "Static time shift k; defaults to the scheduler config's `shift`."}

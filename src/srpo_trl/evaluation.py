@@ -30,6 +30,10 @@ class EvalSettings:
     resolution: int = 1024
     num_inference_steps: int = 28
     guidance_scale: float | None = None  # the family's inference default (FLUX.1-dev 3.5, Qwen-Image 4.0)
+    # Wan 2.2 A14B (two experts): the low-noise expert's guidance (None: the stock default, `guidance_scale`), and a
+    # LoRA result of that expert, loaded into `transformer_2` (a full fine-tune's `transformer_2/` folder is found).
+    guidance_scale_2: float | None = None
+    load_into_transformer_2: bool = False
     seed: int = 0
     batch_size: int = 4
     max_sequence_length: int = 512
@@ -102,40 +106,62 @@ def _to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
 
 
-def _load_transformer(pipeline, source: str) -> None:
+def _load_transformer(pipeline, source: str, component: str = "transformer") -> None:
+    """`{source}/{component}` (a folder or a hub repo's subfolder) as the pipeline's `component`."""
     from .modular import is_modular
 
-    cls = type(pipeline.transformer)
-    transformer = cls.from_pretrained(source, subfolder="transformer", torch_dtype=pipeline.transformer.dtype)
+    current = getattr(pipeline, component, None)
+    if current is None:  # a full fine-tune of Wan 2.2 A14B's low-noise expert on a pipeline without one
+        raise ValueError(
+            f"--result {source!r} holds a fine-tuned {component}/, and this {type(pipeline).__name__} has no "
+            f"{component} (Wan 2.2 A14B's low-noise expert): evaluate it on the base it was trained from"
+        )
+    module = type(current).from_pretrained(source, subfolder=component, torch_dtype=current.dtype)
     if is_modular(pipeline):
-        pipeline.update_components(transformer=transformer)
+        pipeline.update_components(**{component: module})
     else:
-        pipeline.transformer = transformer
+        setattr(pipeline, component, module)
 
 
-def load_result(pipeline, result: str) -> str:
-    """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/`, or a hub id (LoRA first).
+def _load_lora(pipeline, source: str, into_transformer_2: bool) -> None:
+    if into_transformer_2:  # Wan 2.2 A14B's low-noise expert: diffusers' own switch
+        pipeline.load_lora_weights(source, load_into_transformer_2=True)
+    else:
+        pipeline.load_lora_weights(source)
+
+
+def load_result(pipeline, result: str, load_into_transformer_2: bool = False) -> str:
+    """Apply a trained result to `pipeline`: a LoRA folder, a folder with `transformer/` (or, for Wan 2.2 A14B's
+    low-noise expert, `transformer_2/`), or a hub id (LoRA first). Returns what was loaded: `"lora"` or the component.
 
     A LoRA is loaded with the pipeline's own `load_lora_weights`, which reads the LoRA's config (alpha, rsLoRA,
-    DoRA) from the file's metadata, where `SRPOTrainer` writes it: the result is the trained model.
+    DoRA) from the file's metadata, where `SRPOTrainer` writes it: the result is the trained model. A LoRA of
+    `transformer_2` says nothing of its expert in the file: `load_into_transformer_2` puts it there.
     """
     if os.path.isdir(result):
         if os.path.isfile(os.path.join(result, LORA_WEIGHTS_NAME)):
-            pipeline.load_lora_weights(result)
+            _load_lora(pipeline, result, load_into_transformer_2)
             return "lora"
-        if os.path.isdir(os.path.join(result, "transformer")):
-            _load_transformer(pipeline, result)
-            return "transformer"
-        raise ValueError(f"--result {result!r} holds neither {LORA_WEIGHTS_NAME} nor a transformer/ folder")
+        for component in ("transformer", "transformer_2"):
+            if os.path.isdir(os.path.join(result, component)):
+                _load_transformer(pipeline, result, component)
+                return component
+        raise ValueError(
+            f"--result {result!r} holds neither {LORA_WEIGHTS_NAME} nor a transformer/ (or transformer_2/) folder"
+        )
     try:
-        pipeline.load_lora_weights(result)
+        _load_lora(pipeline, result, load_into_transformer_2)
         return "lora"
     except Exception as lora_error:  # noqa: BLE001 - a hub repo of a full fine-tune has no LoRA file
-        try:
-            _load_transformer(pipeline, result)
-            return "transformer"
-        except Exception as error:  # noqa: BLE001
-            raise ValueError(f"--result {result!r}: not a LoRA ({lora_error}) nor a transformer ({error})") from error
+        errors = [f"not a LoRA ({lora_error})"]
+        components = ["transformer"] + (["transformer_2"] if getattr(pipeline, "transformer_2", None) else [])
+        for component in components:
+            try:
+                _load_transformer(pipeline, result, component)
+                return component
+            except Exception as error:  # noqa: BLE001
+                errors.append(f"nor a {component} ({error})")
+        raise ValueError(f"--result {result!r}: " + ", ".join(errors)) from lora_error
 
 
 @torch.no_grad()
@@ -174,6 +200,8 @@ def generate(pipeline, prompts: list[str], settings: EvalSettings, references=No
             extra["max_sequence_length"] = settings.max_sequence_length
         if family.is_video and settings.num_frames is not None:
             extra["num_frames"] = settings.num_frames
+        if settings.guidance_scale_2 is not None:  # Wan 2.2 A14B's low-noise expert (checked by run_eval)
+            extra["guidance_scale_2"] = settings.guidance_scale_2
         out = pipeline(
             prompt=list(batch),  # a copy: Z-Image's pipeline rewrites its prompt list in place
             height=settings.resolution,
@@ -275,6 +303,11 @@ def run_eval(
     loaded = load_pipeline(model, {"torch_dtype": dtype}, settings.controlnet_name_or_path)
     pipeline = sampling_pipeline(loaded).to(device)
     family = adapter_class(type(pipeline))
+    if settings.guidance_scale_2 is not None and not getattr(get_adapter(pipeline), "two_experts", False):
+        raise ValueError(
+            "srpo-trl eval: --guidance_scale_2 is the guidance of the low-noise expert of a pipeline with two "
+            f"experts (Wan 2.2 A14B); {type(pipeline).__name__} from {model!r} has one transformer"
+        )
     if family.is_video:  # image rewards score every `reward_frame_stride`-th frame, as in training
         from .rewards.video import for_videos
 
@@ -299,7 +332,7 @@ def run_eval(
     before = score(rewards, before_images, prompts, settings, conditions)
     after_images = after = None
     if result is not None:
-        kind = load_result(pipeline, result)
+        kind = load_result(pipeline, result, settings.load_into_transformer_2)
         pipeline.to(device)
         log(f"  loaded {result} ({kind})")
         after_images = generate(pipeline, prompts, settings, references, masks)

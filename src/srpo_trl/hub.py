@@ -125,6 +125,7 @@ class InferenceSettings:
     width: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None  # None: the family's inference default
+    guidance_scale_2: float | None = None  # Wan 2.2 A14B: the low-noise expert's guidance (None: the stock default)
     max_sequence_length: int | None = None  # given only when the run's differs from the pipeline's default (512)
     dtype: str = "bfloat16"
     device: str = "cuda"
@@ -150,6 +151,7 @@ def _call_arguments(pipeline_class: str, settings: InferenceSettings, guidance: 
         "width": settings.width,
         "num_inference_steps": settings.num_inference_steps,
         **guidance_kwargs,
+        "guidance_scale_2": settings.guidance_scale_2,
         "max_sequence_length": settings.max_sequence_length,
     }
     if not support.modular and not takes_argument(getattr(diffusers, pipeline_class), "max_sequence_length"):
@@ -174,10 +176,13 @@ def _loading_snippet(
     transformer_class: str,
     guidance: float,
     settings: InferenceSettings,
+    component: str = "transformer",
 ) -> str:
     """How to load the result in a stock diffusers pipeline and make an image as the run's samples were made; the full
     fine-tune's transformer class is the family's, and the guidance is given as the family's pipeline takes it
-    (Qwen-Image: true CFG with a negative prompt)."""
+    (Qwen-Image: true CFG with a negative prompt). `component`: the pipeline attribute that was trained (Wan 2.2
+    A14B's low-noise expert is `transformer_2`: a full fine-tune loads from that subfolder into it, a LoRA with
+    `load_into_transformer_2=True`)."""
     if _support(pipeline_class).modular:
         return _modular_loading_snippet(
             base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance, settings
@@ -192,11 +197,11 @@ def _loading_snippet(
         )
     if base_model is None:  # built in code: no id to load it by, so the snippet starts from the user's object
         load_base = f"pipe = ...  # the {pipeline_class} this was trained from (built in code: no hub id recorded)"
-        load_base_with_transformer = load_base + "\npipe.transformer = transformer"
+        load_base_with_transformer = load_base + f"\npipe.{component} = {component}"
     else:
         load_base = f'pipe = {pipeline_class}.from_pretrained("{base_model}", torch_dtype={dtype}){to_device}'
         load_base_with_transformer = (
-            f'pipe = {pipeline_class}.from_pretrained("{base_model}", transformer=transformer, '
+            f'pipe = {pipeline_class}.from_pretrained("{base_model}", {component}={component}, '
             f"torch_dtype={dtype}){to_device}"
         )
     imports = f"import torch\nfrom diffusers import {pipeline_class}"
@@ -221,14 +226,15 @@ def _loading_snippet(
             )
         )
     if lora:
+        into = ", load_into_transformer_2=True" if component == "transformer_2" else ""
         return f"""{imports}
 
 {load_base}
-pipe.load_lora_weights("{repo_or_dir}")
+pipe.load_lora_weights("{repo_or_dir}"{into})
 {prompt_line}"""
     return f"""{imports.replace(pipeline_class, f"{pipeline_class}, {transformer_class}", 1)}
 
-transformer = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="transformer", torch_dtype={dtype})
+{component} = {transformer_class}.from_pretrained("{repo_or_dir}", subfolder="{component}", torch_dtype={dtype})
 {load_base_with_transformer}
 {prompt_line}"""
 
@@ -284,6 +290,7 @@ def build_model_card(
     samples: list[tuple[str, str]] | None = None,
     sample_settings: dict[str, object] | None = None,
     inference: InferenceSettings | None = None,
+    trainable_component: str = "transformer",
 ) -> ModelCard:
     """A model card for an SRPO result.
 
@@ -300,6 +307,8 @@ def build_model_card(
             them, and the loading snippet uses the same guidance.
         inference: how the loading snippet calls the pipeline (prompt, size, steps, dtype, device); a run passes its
             own. Its guidance, when given, wins over the samples'.
+        trainable_component: the pipeline attribute the result replaces or adapts (`"transformer_2"`: Wan 2.2
+            A14B's low-noise expert).
     """
     license_meta = base_model_license(base_model)
     is_hub_id = bool(base_model) and not os.path.isdir(base_model)
@@ -318,12 +327,17 @@ def build_model_card(
         made_with = ""
         if sample_settings:
             guidance = sample_settings["guidance_scale"]
+            low_noise = sample_settings.get("guidance_scale_2")
+            low_noise = f" ({low_noise} for the low-noise expert)" if low_noise is not None else ""
             made_with = (
                 f"Made with srpo-trl's Euler sampler, in eval mode: {sample_settings['steps']} steps, "
-                f"guidance {guidance}, {sample_settings['resolution']} px, seed {sample_settings['seed']}.\n\n"
+                f"guidance {guidance}{low_noise}, {sample_settings['resolution']} px, "
+                f"seed {sample_settings['seed']}.\n\n"
             )
         gallery = "\n## Samples\n\n" + made_with + "\n".join(f"![{prompt}]({path})" for prompt, path in samples) + "\n"
     kind = "a LoRA" if lora else "a full fine-tune of the transformer"
+    if trainable_component == "transformer_2":  # Wan 2.2 A14B
+        kind = f"{'a LoRA' if lora else 'a full fine-tune'} of the low-noise expert `transformer_2`"
     if is_hub_id:
         origin = f"of [{base_model}](https://huggingface.co/{base_model})"
     elif base_model:
@@ -338,6 +352,9 @@ def build_model_card(
     if license_meta.get("license_name") == "flux-1-dev-non-commercial-license":
         notice = f"\n## License\n\n{FLUX_DEV_NOTICE}\n"
     rewards = ", ".join(f"`{n}`" for n in (reward_names or [])) or "not recorded"
+    snippet = _loading_snippet(
+        base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance, inference, trainable_component
+    )
     content = f"""---
 {data.to_yaml()}
 ---
@@ -351,7 +368,7 @@ library. Reward functions: {rewards}.
 ## Use it with diffusers
 
 ```python
-{_loading_snippet(base_model, repo_or_dir, lora, pipeline_class, transformer_class, guidance, inference)}
+{snippet}
 ```
 
 {gallery}
@@ -416,6 +433,8 @@ def read_samples(output_dir: str) -> tuple[list[tuple[str, str]] | None, dict | 
     settings = None
     if rows and "guidance_scale" in rows[0]:
         settings = {k: rows[0][k] for k in ("steps", "guidance_scale", "resolution", "seed")}
+        if "guidance_scale_2" in rows[0]:
+            settings["guidance_scale_2"] = rows[0]["guidance_scale_2"]
     return samples, settings
 
 
@@ -444,6 +463,7 @@ def _run_inference_settings(trainer, samples) -> InferenceSettings:
         width=trainer.width,
         num_inference_steps=args.rollout_steps,
         guidance_scale=args.sample_guidance_scale,
+        guidance_scale_2=args.guidance_scale_2,
         max_sequence_length=args.max_sequence_length if args.max_sequence_length != 512 else None,
         dtype=str(dtype).removeprefix("torch."),
         device=trainer.accelerator.device.type,
@@ -500,4 +520,5 @@ def trainer_model_card(trainer, repo_or_dir: str) -> ModelCard:
         pipeline_class=type(trainer.pipeline).__name__,
         transformer_class=type(trainer.accelerator.unwrap_model(trainer.model)).__name__,
         reward_names=[r.name for r in trainer.rewards],
+        trainable_component=trainer.adapter.trainable_component,
     )

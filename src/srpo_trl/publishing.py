@@ -47,6 +47,8 @@ class PublishingMixin:
             "steps": self.args.rollout_steps,
             "resolution": f"{self.height}x{self.width}",
         }
+        if self.args.guidance_scale_2 is not None:  # Wan 2.2 A14B: the low-noise expert's own guidance
+            settings["guidance_scale_2"] = self.args.guidance_scale_2
         if images.ndim == 5:  # videos: written as animated WebP at the configured frame rate
             settings.update(frames=images.shape[1], frame_rate=self.args.frame_rate)
         return save_sample_images(images, list(prompts), output_dir, settings)

@@ -56,12 +56,22 @@ class SRPOStep:
     rollout_guidance_scale: float = 1.0
     train_guidance_scale: float = 3.5
     use_inversion_branch: bool = True
+    #: Wan 2.2 A14B: the low-noise expert's guidance in the rollout (and the samples made with it); `None`: the same.
+    guidance_scale_2: float | None = None
 
     @classmethod
     def from_config(cls, adapter, args, rewards, reward_weights, hinge_thresholds) -> SRPOStep:
         """The step an `SRPOConfig` describes: its window, shift (the family's at the resolution unless given),
         rollout grid, guidance and branches."""
         height, width = args.image_size
+        guidance_scale_2 = getattr(args, "guidance_scale_2", None)
+        if guidance_scale_2 is not None and not getattr(adapter, "two_experts", False):
+            raise ValueError(
+                f"SRPOConfig.guidance_scale_2={guidance_scale_2!r} is the guidance of the low-noise expert of a "
+                "pipeline with two experts (Wan 2.2 A14B: transformer_2, below boundary_ratio); this "
+                f"{type(getattr(adapter, 'pipeline', adapter)).__name__} has one transformer: leave it unset and "
+                "use rollout_guidance_scale / sample_guidance_scale"
+            )
         shift = args.time_shift or adapter.default_time_shift(height, width)
         # The family's own grid (Qwen-Image 2.1's authors set theirs) unless the config sets the shift.
         rollout_sigmas = None if args.time_shift else adapter.rollout_sigmas(args.rollout_steps, height, width)
@@ -89,12 +99,16 @@ class SRPOStep:
             rollout_guidance_scale=args.rollout_guidance_scale,
             train_guidance_scale=args.train_guidance_scale,
             use_inversion_branch=args.use_inversion_branch,
+            guidance_scale_2=guidance_scale_2,
         )
 
     @torch.no_grad()
     def rollout(self, model, eps: torch.Tensor, text: dict, guidance_scale: float | None = None) -> torch.Tensor:
-        """Clean latents `x0` from `eps` along the shifted rollout grid, without gradient."""
+        """Clean latents `x0` from `eps` along the shifted rollout grid, without gradient. With `guidance_scale_2`
+        (two experts) the adapter is given `(guidance, guidance_scale_2)`: the high- and low-noise experts'."""
         guidance = self.rollout_guidance_scale if guidance_scale is None else guidance_scale
+        if self.guidance_scale_2 is not None:
+            guidance = (guidance, self.guidance_scale_2)
 
         def velocity(x, sigma, target):
             return self.adapter.velocity(model, x, sigma, text, guidance, self.height, self.width, target=target)

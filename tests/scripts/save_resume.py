@@ -4,8 +4,9 @@
         RECORDS ROOT lora [full]
 
 For each kind (a LoRA, or full fine-tuning, of the tiny FLUX.1; `<family>-lora`: a LoRA of the tiny FLUX.3 [klein],
-Z-Image, SD3 or Qwen-Image 2.1, its blocks wrapped as the family's packaged `fsdp2_<family>.yaml` does), three trainings run one after the other, each with a new pipeline, trainer
-and accelerator, in its own folder `ROOT/{kind}-{phase}`:
+Z-Image, SD3, Qwen-Image 2.1 or Wan 2.1, its blocks wrapped as the family's packaged `fsdp2_<family>.yaml` does),
+three trainings run one after the other, each with a new pipeline, trainer and accelerator, in its own folder
+`ROOT/{kind}-{phase}`:
 
 - `ddp`: the unsharded reference, 2 steps;
 - `fsdp2`: the same 2 steps with the transformer sharded by FSDP2, and a checkpoint after the first;
@@ -113,12 +114,14 @@ class SaveAt(TrainerCallback):
         return control
 
 
-#: The families besides FLUX.1 (kind `<family>-lora`): their tiny builder and their packaged FSDP2 config.
+#: The families besides FLUX.1 (kind `<family>-lora`): their tiny builder, their packaged FSDP2 config and the config
+#: fields their runs set besides `run_config`'s (Wan 2.1: 5 frames at 32 px).
 FAMILIES = {
-    "flux3": ("tiny_flux3_pipeline", "fsdp2_flux3"),
-    "z-image": ("tiny_z_image_pipeline", "fsdp2_z_image"),
-    "sd3": ("tiny_sd3_pipeline", "fsdp2_sd3"),
-    "qwen-image21": ("tiny_qwen_image21_pipeline", "fsdp2_qwen_image21"),
+    "flux3": ("tiny_flux3_pipeline", "fsdp2_flux3", {}),
+    "z-image": ("tiny_z_image_pipeline", "fsdp2_z_image", {}),
+    "sd3": ("tiny_sd3_pipeline", "fsdp2_sd3", {}),
+    "qwen-image21": ("tiny_qwen_image21_pipeline", "fsdp2_qwen_image21", {}),
+    "wan": ("tiny_wan_pipeline", "fsdp2_wan", {"num_frames": 5, "resolution": 32}),
 }
 
 
@@ -171,7 +174,7 @@ def train(records: str, root: str, kind: str, phase: str) -> None:
     if sharded and family is not None:
         blocks = packaged_blocks(family[1])
         sharded = {**FSDP2, "fsdp_config": {**FSDP2["fsdp_config"], "transformer_layer_cls_to_wrap": blocks}}
-    args = run_config(run_dir, **sharded)
+    args = run_config(run_dir, **sharded, **(family[2] if family else {}))
     torch.manual_seed(0)  # the same initial LoRA on every process and in every run
     lora = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian") if kind.endswith("lora") else None
     pipeline = getattr(testing, family[0] if family else "tiny_colour_flux_pipeline")(0)

@@ -30,11 +30,15 @@ image families, all handled here as the stock pipeline does it:
   shifted already (diffusers' behaviour: its last level before 0 is tiny), and on such a pipeline the rollout equals
   the stock sampler exactly. The Direct-Align window is cut from the shifted grid at that shift;
 - Wan 2.2 A14B has two experts: `transformer` serves the levels `t >= boundary_ratio * 1000` (high noise),
-  `transformer_2` those below (the stock `guidance_scale_2` defaults to `guidance_scale`, as here). The rollout uses
-  both, as the stock pipeline does; the trained expert is the one whose levels hold the whole training window
+  `transformer_2` those below. The rollout uses both, as the stock pipeline does, with the stock `guidance_scale_2`
+  for `transformer_2` (`SRPOConfig.guidance_scale_2`: `velocity` is then given the pair `(guidance, guidance_2)`;
+  unset, both take the one guidance, the stock default). The two training calls take `train_guidance_scale`,
+  whichever expert trains: `guidance_scale_2` is the sampler's setting, as `rollout_guidance_scale` is (training the
+  low-noise expert's conditional velocity at the recipe's 1 needs no second value). The trained expert is the one
+  whose levels hold the whole training window
   ([`configure`] sets `trainable_component`, an instance attribute here), and a window that straddles the boundary is
   refused. The other expert stays frozen. Its LoRA reloads with `load_lora_weights(..., load_into_transformer_2=True)`
-  when it is `transformer_2`.
+  when it is `transformer_2`; a full fine-tune is saved as `transformer_2/` and loads into `pipe.transformer_2`.
 
 Default LoRA targets: the self- and cross-attention projections (`attn1`, `attn2`: `to_q/k/v`, `to_out.0`) and the
 feed-forward (`ffn.net.0.proj`, `ffn.net.2`) of every block; the modulation tables, the patch embedding and the
@@ -238,10 +242,15 @@ class WanAdapter(AdapterBase):
         return unconditional + guidance_scale * (conditional - unconditional)
 
     def velocity(self, transformer, latents, sigma, text, guidance_scale, height, width, target=None) -> torch.Tensor:
+        """`guidance_scale`: one value, or for two experts `(high, low)`: the high-noise expert's guidance and the
+        low-noise one's (the stock pipeline's `guidance_scale` and `guidance_scale_2`)."""
         timestep = sigma.to(latents.device, torch.float32) * self.num_train_timesteps
+        high_guidance, low_guidance = guidance_scale if isinstance(guidance_scale, tuple) else (guidance_scale,) * 2
         if not self.two_experts:
+            if high_guidance != low_guidance:
+                raise ValueError(f"guidance {guidance_scale}: a second guidance needs two experts (Wan 2.2 A14B)")
             dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 masters)
-            return self._guided(transformer, dtype, latents, timestep, text, guidance_scale)
+            return self._guided(transformer, dtype, latents, timestep, text, high_guidance)
         high = timestep >= self.boundary_ratio * self.num_train_timesteps  # the stock pipeline's test, per sample
         parts = []
         for is_high in (True, False):
@@ -250,10 +259,11 @@ class WanAdapter(AdapterBase):
                 continue
             module = self._expert(is_high, transformer)
             dtype = getattr(self.pipeline, "transformer" if is_high else "transformer_2").dtype
+            guidance = high_guidance if is_high else low_guidance
             if bool(rows.all()):
-                return self._guided(module, dtype, latents, timestep, text, guidance_scale)
+                return self._guided(module, dtype, latents, timestep, text, guidance)
             sub = {k: v[rows] for k, v in text.items()}
-            parts.append((rows, self._guided(module, dtype, latents[rows], timestep[rows], sub, guidance_scale)))
+            parts.append((rows, self._guided(module, dtype, latents[rows], timestep[rows], sub, guidance)))
         out = parts[0][1].new_zeros(latents.shape)
         for rows, value in parts:
             out = out.index_put((rows,), value)
