@@ -209,12 +209,13 @@ def test_registry_documents_every_name(tmp_path):
         "hpsv3",
         "depth-consistency",
         "temporal-consistency",
+        "videoalign",
     }
     for spec in REWARDS.values():
         assert spec.checkpoint and spec.license and spec.output_scale and spec.parameters
     image_only = ["laion-aesthetic", "depth-consistency", "temporal-consistency"]
     assert [n for n, s in REWARDS.items() if not s.text_conditioned] == image_only
-    assert [n for n, s in REWARDS.items() if s.video] == ["temporal-consistency"]
+    assert [n for n, s in REWARDS.items() if s.video] == ["temporal-consistency", "videoalign"]
     assert [n for n, s in REWARDS.items() if s.conditions] == ["depth-consistency"]
     assert load_reward("depth-consistency:" + save_tiny_depth_model(str(tmp_path / "depth"))).conditions == (
         "control_images",

@@ -11,6 +11,7 @@ from .hpsv3 import HPSv3Head, HPSv3Reward
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from .qwen_vl_preprocess import qwen_vl_preprocess
 from .registry import BUILT_IN_REWARDS, REWARDS, RewardSpec, load_reward, reward_names
+from .videoalign import VideoAlignReward
 
 __all__ = [
     "CLIP_MEAN",
@@ -31,6 +32,7 @@ __all__ = [
     "Reward",
     "RewardSpec",
     "UnmaskedFidelityReward",
+    "VideoAlignReward",
     "as_reward",
     "clip_preprocess",
     "control_word_preset",

@@ -16,6 +16,7 @@ from ..control_maps import DEFAULT_DEPTH_MODEL
 from .aesthetic import AESTHETIC_HINGE_THRESHOLD
 from .base import DEFAULT_HINGE_THRESHOLD, Reward
 from .hpsv3 import HPSV3_BASE, HPSV3_CHECKPOINT, HPSV3_FILENAME, HPSV3_HINGE_THRESHOLD
+from .videoalign import VIDEOALIGN_BASE, VIDEOALIGN_CHECKPOINT, VIDEOALIGN_HINGE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,8 @@ class RewardSpec:
 
     name: str
     family: (
-        str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint), "aesthetic", "hpsv3", "depth"
+        str  # "clip" (logit-scaled cosine), "hps" (raw cosine, open_clip checkpoint), "aesthetic", "hpsv3", "depth",
+        # "temporal", "videoalign"
     )
     checkpoint: str
     filename: str | None
@@ -162,6 +164,20 @@ REWARDS: dict[str, RewardSpec] = {
             hinge_threshold=1.0,
             video=True,
         ),
+        RewardSpec(
+            name="videoalign",
+            family="videoalign",
+            checkpoint=VIDEOALIGN_CHECKPOINT,
+            filename="checkpoint-11352/model.pth",  # with model_config.json and checkpoint-11352/tokenizer/
+            tokenizer=VIDEOALIGN_BASE,  # the base's config.json: the checkpoint holds tensors, settings, tokenizer
+            license="apache-2.0 (model card; code MIT; base Qwen2-VL-2B-Instruct Apache-2.0)",
+            text_conditioned=True,
+            output_scale="sum of the standardised VQ, MQ and TA (VideoAlign's Overall), each about -3 to 3",
+            parameters="2.2 B (fine-tuned Qwen2-VL-2B-Instruct, LoRA merged, without its LM head)",
+            description="VideoAlign's VideoReward: visual quality, motion quality, text alignment (video families)",
+            hinge_threshold=VIDEOALIGN_HINGE_THRESHOLD,
+            video=True,
+        ),
     ]
 }
 
@@ -261,6 +277,28 @@ def _load_hpsv3(spec: RewardSpec, path: str | None, dtype, base: str | None = No
     return HPSv3Reward.from_checkpoint(checkpoint, base=base or spec.tokenizer, dtype=dtype, name=spec.name, **kwargs)
 
 
+def _load_videoalign(spec: RewardSpec, path: str | None, dtype, base: str | None = None, **kwargs) -> Reward:
+    from .videoalign import VideoAlignReward
+
+    if path is None:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["model_config.json", "checkpoint-*/model.pth", "checkpoint-*/tokenizer/*"]
+        try:
+            path = snapshot_download(spec.checkpoint, allow_patterns=patterns)
+        except Exception as error:  # offline, gated, or missing: say how to give a local copy instead
+            raise OSError(
+                f"reward {spec.name!r}: could not download {spec.checkpoint} ({error}); download it yourself and pass "
+                f"the folder holding model_config.json, e.g. reward_funcs='{spec.name}:/path/to/VideoReward'"
+            ) from error
+    elif not os.path.isdir(path):
+        raise ValueError(
+            f"reward {spec.name!r}: {path!r} is not a folder; give the one holding model_config.json and "
+            "checkpoint-<step>/ (the published repo's layout)"
+        )
+    return VideoAlignReward.from_pretrained(path, base=base or spec.tokenizer, dtype=dtype, name=spec.name, **kwargs)
+
+
 def _load_depth(spec: RewardSpec, path: str | None, dtype) -> Reward:
     from .consistency import DepthConsistencyReward
 
@@ -283,6 +321,7 @@ _LOADERS: dict[str, Callable[..., Reward]] = {
     "hps": _load_hps,
     "aesthetic": _load_aesthetic,
     "hpsv3": _load_hpsv3,
+    "videoalign": _load_videoalign,
 }
 
 
@@ -300,7 +339,8 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     """A reward from a registered name, `"name:local_path"`, or a local transformers CLIP folder.
 
     Names: `hpsv2.1`, `hpsv2`, `pickscore`, `clip-vit-h-14`, `clip-vit-l-14`, `laion-aesthetic`, `hpsv3`,
-    `depth-consistency`, `shapes-clip`, the tiny CLIP reward shipped in the package (`srpo_trl.pretrained`), `color`,
+    `depth-consistency`, `temporal-consistency`, `videoalign`, `shapes-clip`, the tiny CLIP reward shipped in the
+    package (`srpo_trl.pretrained`), `color`,
     a colour-word stand-in, and the consistency rewards `edge-consistency` and `unmasked-fidelity` (see `REWARDS` and
     the rewards page of the docs). Without a path the checkpoint is
     downloaded from its usual hub id. The local path is, per family: HPS, the `.pt`/`.safetensors` checkpoint
@@ -312,11 +352,13 @@ def load_reward(name_or_path: str, path: str | None = None, *, dtype: torch.dtyp
     `HPSv3.safetensors` file alone (config and tokenizer then from a folder beside it that has them, else
     from `base=`, a folder or hub id, by default `Qwen/Qwen2-VL-7B-Instruct`); HPSv3's instruction comes from
     `hpsv3_instruction.txt` beside the checkpoint or in `base`, or from `instruction=` (not shipped: see the
-    rewards page of the docs); depth consistency, a transformers depth-estimation folder with its
-    `preprocessor_config.json`.
+    rewards page of the docs); VideoAlign, the folder holding `model_config.json` and `checkpoint-<step>/` (config
+    from `base=`, by default `Qwen/Qwen2-VL-2B-Instruct`; the instruction from `videoalign_instruction.txt` there or
+    `instruction=`); depth consistency, a transformers depth-estimation folder with its `preprocessor_config.json`.
 
     Keyword arguments go to the family's loader: `tokenizer` (CLIP, HPS), `clip` (aesthetic), `base`,
-    `instruction`, `min_pixels` and `max_pixels` (HPSv3), and, for HPS checkpoints, the conversion's `vision_heads` /
+    `instruction`, `min_pixels` and `max_pixels` (HPSv3; VideoAlign also `weights`, `video_fps`, `fps`,
+    `num_frames`), and, for HPS checkpoints, the conversion's `vision_heads` /
     `text_heads`. `dtype` is the reward model's dtype (HPSv3: bfloat16 when not given).
     """
     if not isinstance(name_or_path, str):
