@@ -63,16 +63,20 @@ def _real_step(pipeline, reward, recipe):
 
 FAST = ("tiny_flux_pipeline", True)
 CASES = [
-    pytest.param(family, use_peft, marks=() if (family, use_peft) == FAST else pytest.mark.extended)
+    pytest.param(family, use_peft, autocast, marks=() if (family, use_peft) == FAST else pytest.mark.extended)
     for family in FAMILIES
     for use_peft in (True, False)
+    for autocast in (None, "cpu")
 ]
 
 
-@pytest.mark.parametrize(("family", "use_peft"), CASES)
-def test_planner_matches_a_real_cpu_step(family, use_peft):
+@pytest.mark.parametrize(("family", "use_peft", "autocast"), CASES)
+def test_planner_matches_a_real_cpu_step(family, use_peft, autocast):
+    """The meta trace against a real CPU step, without autocast and under bf16 autocast: the planner replays
+    the CPU's casts (`planning.autocast.CPU`) on meta tensors, the real step runs `torch.autocast("cpu")`."""
     build = getattr(testing, family)
     recipe = Recipe(
+        autocast=autocast,
         model=build(),
         resolution=64,
         dtype=None,
@@ -166,10 +170,10 @@ def test_report_verdict_and_changes():
         rollout_steps=2,
     )
     plan = estimate(recipe, without_checkpointing=False)
-    peak = plan.peak_bytes()
+    peak = plan.overall_peak()
     roomy = verdict(plan, 10 * GB)
     assert roomy.fits and roomy.largest_batch > 1
-    assert plan.peak_bytes(batch=roomy.largest_batch) <= roomy.budget
+    assert plan.overall_peak(batch=roomy.largest_batch) <= roomy.budget
     tight = peak + allowance_bytes(peak) - 1  # one byte short once the allowance is taken
     short = verdict(plan, tight)
     assert not short.fits and short.largest_batch == 0
@@ -216,4 +220,4 @@ def test_plan_command_on_flux1_dev_matches_the_h200_record(capsys):
         *("--reward_funcs", "hpsv2.1", "--reward_dtype", "bfloat16", "--gpu", "H200", "--no_checkpointing_trace"),
     )
     peak = float(out.split("Peak per process: ")[1].split(" GB")[0])
-    assert peak == pytest.approx(36.25, rel=0.10)
+    assert peak == pytest.approx(36.25, rel=0.02)  # 36.11 GB under CUDA's replayed autocast (docs/benchmarks.md)

@@ -44,6 +44,12 @@ class SRPOConfig(TrainingArguments):
         vae_gradient_checkpointing (`bool`, *optional*, defaults to `True`):
             Recompute the VAE decoder's activations in the backward pass; the recipe notes this "reduces memory
             greatly". VAEs that do not support it (Qwen-Image's, in diffusers 0.42) keep them, with a warning.
+        memory_check (`str`, *optional*, defaults to `"warn"`):
+            On a CUDA device, before any weights load, `srpo_trl.planning` estimates the run's peak per process from
+            the model's configs (as `srpo-trl plan` does) and compares it with the device's free memory: `"warn"`
+            logs a warning naming the changes that would fit, `"strict"` stops the run, `"off"` skips the check
+            (which takes 10-40 s of CPU for a 12-32 B model). The estimate and the measured
+            `torch.cuda.max_memory_allocated` go in the logs (`memory/planned_peak_gb`, `memory/max_allocated_gb`).
         torch_compile_regions (`bool`, *optional*, defaults to `True`):
             With TrainingArguments' `torch_compile=True`, compile each repeated block of the transformer (the
             double- and single-stream blocks) instead of the whole model: accelerate's regional compilation, the
@@ -259,6 +265,10 @@ class SRPOConfig(TrainingArguments):
     )
     vae_gradient_checkpointing: bool = field(
         default=True, metadata={"help": "Gradient checkpointing in the VAE decoder."}
+    )
+    memory_check: str = field(
+        default="warn",
+        metadata={"help": "Before loading on CUDA: estimate the peak and warn (warn), stop (strict) or skip (off)."},
     )
     torch_compile_regions: bool = field(
         default=True,

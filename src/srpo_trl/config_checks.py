@@ -12,6 +12,7 @@ from .quantization import QUANTIZATIONS
 
 REWARD_DTYPES = ("float32", "bfloat16", "float16")
 TRAINABLE_DTYPES = ("float32", "bfloat16", "auto")
+MEMORY_CHECKS = ("warn", "strict", "off")
 
 
 def _normalised_model_init_kwargs(kwargs: dict, fail) -> dict:
@@ -116,6 +117,8 @@ def check_srpo_fields(config) -> None:
         fail("sample_prompts", config.sample_prompts, "expected a list of non-empty strings")
     if config.quantize_base is not None and config.quantize_base not in QUANTIZATIONS:
         fail("quantize_base", config.quantize_base, f"expected one of {list(QUANTIZATIONS)}")
+    if config.memory_check not in MEMORY_CHECKS:
+        fail("memory_check", config.memory_check, f"expected one of {list(MEMORY_CHECKS)}")
     if config.max_consecutive_nonfinite_steps < 0:
         fail("max_consecutive_nonfinite_steps", config.max_consecutive_nonfinite_steps, "must be >= 0 (0: never stop)")
     if config.reward_dtype is not None and config.reward_dtype not in REWARD_DTYPES:

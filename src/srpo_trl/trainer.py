@@ -29,6 +29,7 @@ from .config import SRPOConfig
 from .data import check_dataset, collate_rows, has_image_column, reference_batch
 from .guards import InactiveHingeWatch, InterruptionHandler, NonFiniteGuard
 from .integrations import adapt_tracker_callbacks
+from .memory_check import check_before_loading
 from .metrics import MetricsBuffer
 from .models import get_adapter
 from .module_state import cast_trainable_parameters, eval_mode
@@ -125,6 +126,8 @@ class SRPOTrainer(PublishingMixin, Trainer):
         self.rewards, self.eval_only_rewards = rewards.trained, rewards.watched
         self.reward_weights, self.hinge_thresholds = rewards.weights, rewards.hinge_thresholds
 
+        # On CUDA, before any weights load: the planner's estimate against the free memory (SRPOConfig.memory_check).
+        self.memory_check = check_before_loading(model, reward_funcs, args, peft_config)
         self.pipeline = load_pipeline(model, args.model_init_kwargs, args.controlnet_name_or_path)
         # Where the base came from, for the model card (a modular pipeline records no `name_or_path`).
         self.base_model = model if isinstance(model, str) else getattr(self.pipeline, "name_or_path", None) or None
@@ -366,7 +369,7 @@ class SRPOTrainer(PublishingMixin, Trainer):
             metrics["nonfinite_steps"] = self._nonfinite_guard.skipped_total
         if mode == "eval":
             metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs = {**logs, **metrics}
+        logs = {**logs, **metrics, **(self.memory_check.metrics() if mode == "train" else {})}
         super().log(logs, start_time)
         self._metrics[mode].clear()
 

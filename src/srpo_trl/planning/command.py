@@ -35,6 +35,12 @@ def plan_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="Model-FLOPs utilisation for the step time.")
     parser.add_argument("--peak_tflops", type=float, help="Dense bf16 peak of the card (overrides --gpu's).")
     parser.add_argument(
+        "--autocast",
+        default="cuda",
+        choices=["cuda", "none"],
+        help="Trace the step under CUDA's bf16 autocast (default: what bf16=True, the GPU default, runs) or without.",
+    )
+    parser.add_argument(
         "--no_checkpointing_trace",
         action="store_true",
         help="Skip the second trace that sizes the step without transformer gradient checkpointing (faster).",
@@ -43,35 +49,21 @@ def plan_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def recipe_from_args(script_args, training_args, model_args, engine="none", processes=1) -> Recipe:
-    """The planner's `Recipe` from `srpo-trl train`'s three argument dataclasses."""
-    dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
-    optim = getattr(training_args.optim, "value", training_args.optim)
-    return Recipe(
-        model=model_args.model_name_or_path,
-        resolution=tuple(training_args.image_size),  # an int or [height, width] in the recipe
-        batch_size=training_args.per_device_train_batch_size,
-        use_peft=model_args.use_peft,
-        lora_r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_target_modules=model_args.lora_target_modules,
-        quantize_base=training_args.quantize_base,
-        dtype=dtype,
-        trainable_dtype=training_args.trainable_dtype,
-        transformer_gradient_checkpointing=training_args.transformer_gradient_checkpointing,
-        vae_gradient_checkpointing=training_args.vae_gradient_checkpointing,
-        vae_slicing=training_args.vae_slicing,
-        reward=script_args.reward_funcs[0],
-        reward_dtype=training_args.reward_dtype,
-        rollout_steps=training_args.rollout_steps,
-        max_sequence_length=training_args.max_sequence_length,
-        release_text_encoders=training_args.release_text_encoders,
-        use_inversion_branch=training_args.use_inversion_branch,
-        rollout_guidance_scale=training_args.rollout_guidance_scale,
-        train_guidance_scale=training_args.train_guidance_scale,
-        engine=engine,
-        processes=processes,
-        optim=str(optim),
+def recipe_from_args(script_args, training_args, model_args, engine="none", processes=1, autocast="cuda") -> Recipe:
+    """The planner's `Recipe` from `srpo-trl train`'s three argument dataclasses (as `SRPOTrainer` sees them)."""
+    from ..memory_check import recipe_for_run
+    from ..scripts.train import lora_config
+
+    if model_args.dtype not in (None, "auto"):  # as `srpo-trl train` passes it on
+        training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), "torch_dtype": model_args.dtype}
+    return recipe_for_run(
+        model_args.model_name_or_path,
+        script_args.reward_funcs,
+        training_args,
+        lora_config(model_args),
+        engine,
+        processes,
+        autocast,
     )
 
 
@@ -99,7 +91,8 @@ def main(argv: list[str]) -> int:
             raise SystemExit(str(error)) from None
         memory = memory or kind_memory / GB
         peak = peak or kind_peak / 1e12
-    recipe = recipe_from_args(script_args, training_args, model_args, own.engine, own.num_processes)
+    autocast = None if own.autocast == "none" else own.autocast
+    recipe = recipe_from_args(script_args, training_args, model_args, own.engine, own.num_processes, autocast)
     if len(script_args.reward_funcs) > 1:
         print(f"note: sizing the first reward only ({script_args.reward_funcs[0]}); the others are not counted")
     start = time.perf_counter()

@@ -7,19 +7,22 @@ under [`MemoryTimeline`] and [`SavedBytes`]; FLOPs with `FlopCounterMode`. Phase
 one transformer call of the rollout at the batch (no gradient), then the branch batch with gradient, recovery,
 VAE decode, reward, and the backward pass.
 
-Not simulated: autocast (the meta device has none; activations take the weights' dtypes, which for a bf16
-pipeline is what bf16 autocast gives, LoRA paths aside), the quantised base's storage (its bytes are computed from
-the formats below, its activations are the bf16 base's), and the text encoders' forward (text is cached).
+bf16 autocast is replayed (`planning.autocast`: CUDA's casts by default, `Recipe.autocast`), so activations take
+the dtypes a real bf16 run gives them: float32 out of the norms, softmax and upsampling, bf16 copies of float32
+weights and inputs for the matrix products. Not simulated: the quantised base's storage (its bytes are computed
+from the formats below, its activations are the bf16 base's), and the text encoders' forward (text is cached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .autocast import POLICIES, EmulatedAutocast
 from .measure import MemoryTimeline, SavedBytes, count_flops, fused_attention_on_meta, storage_keys
 from .meta import meta_pipeline, meta_reward, text_conditioning
 
@@ -54,9 +57,14 @@ class Recipe:
     max_sequence_length: int = 512
     text_tokens: int | None = None  # tokens per cached prompt; defaults to max_sequence_length
     release_text_encoders: bool = True
+    cache_text_embeddings: bool = (
+        True  # False: the text encoders run at every step (their forward joins the rollout's)
+    )
     use_inversion_branch: bool = True
     rollout_guidance_scale: float | None = None
     train_guidance_scale: float | None = None
+    #: The device whose bf16 autocast the trace replays ("cuda", "cpu"), or None for none (see `planning.autocast`).
+    autocast: str | None = "cuda"
     engine: str = "none"
     processes: int = 1
     optim: str = "adamw_torch"
@@ -93,6 +101,8 @@ class Plan:
     no_checkpointing: Measured | None
     flops: dict[str, int]
     extras: dict[str, int] = field(default_factory=dict)  # gathered blocks, DDP buckets
+    text_forward: int | None = None  # the text encoders' forward at the step's batch, no gradient (None: not sized)
+    caching_peak: int | None = None  # the prompts' caching before training: weights on the card + that forward
 
     @property
     def static_bytes(self) -> int:
@@ -106,10 +116,16 @@ class Plan:
         if gradients < m.grad_bytes:  # sharded gradients: the traced peak (end of backward) is no longer the peak;
             activations = max(activations, m.forward_peak * scale)  # bound: the forward's peak + every shard
         rollout = m.rollout_peak * scale
+        if not self.recipe.cache_text_embeddings and self.text_forward:  # prompts encoded at every step
+            rollout = max(rollout, self.text_forward * scale)
         return int(max(rollout, activations + gradients) + sum(self.extras.values()))
 
     def peak_bytes(self, measured: Measured | None = None, batch: int | None = None) -> int:
         return self.static_bytes + self.dynamic_bytes(measured, batch)
+
+    def overall_peak(self, batch: int | None = None) -> int:
+        """The run's peak: the training step's, or caching the prompts before training when that is higher."""
+        return max(self.peak_bytes(batch=batch), self.caching_peak or 0)
 
     def step_flops(self) -> int:
         return self.flops["step"]
@@ -220,7 +236,11 @@ def run_step(
     generator = torch.Generator().manual_seed(0)
     eps = adapter.sample_noise(batch, height, width, generator, device)
     saved = {}
-    with fused_attention_on_meta(), MemoryTimeline() as timeline:
+    emulate = device.type == "meta" and recipe.autocast is not None
+    region = EmulatedAutocast(POLICIES[recipe.autocast]) if emulate else contextlib.nullcontext()
+    if device.type != "meta" and recipe.autocast is not None:  # the real thing, on the tests' CPU tensors
+        region = torch.autocast(device.type, dtype=torch.bfloat16)
+    with fused_attention_on_meta(), MemoryTimeline() as timeline, region:
         with torch.no_grad():
             sigma = torch.full((batch,), 0.5, device=device)
             v = adapter.velocity(
@@ -251,6 +271,30 @@ def run_step(
         for p in graded:
             p.grad = None
     return Measured(rollout_peak, forward_peak, train_peak, grads, saved, sum(p.numel() for p in graded))
+
+
+#: Prompts per text-encoder call while the cache is built (`TextEmbeddingCache.batch_size`).
+CACHE_BATCH = 8
+
+
+def text_encoder_peak(pipeline, adapter, batch: int, tokens: int) -> int | None:
+    """Peak bytes of the text encoders' forward (one after the other, no gradient) on `batch` prompts of `tokens`
+    tokens (CLIP's capped at its 77), on the meta device; None when an encoder cannot run there."""
+    peak = 0
+    for name in getattr(adapter, "text_components", ()):
+        encoder = getattr(pipeline, name, None)
+        if not isinstance(encoder, nn.Module):
+            continue
+        config = getattr(encoder.config, "text_config", encoder.config)
+        length = min(tokens, getattr(config, "max_position_embeddings", tokens))
+        ids = torch.zeros(batch, length, dtype=torch.long, device="meta")
+        try:  # no attention mask: the models' mask code reads values, which meta tensors lack
+            with torch.no_grad(), fused_attention_on_meta(), MemoryTimeline() as timeline:
+                encoder(input_ids=ids, output_hidden_states=True)
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            return None
+        peak = max(peak, timeline.peak)
+    return peak
 
 
 def count_step_flops(adapter, transformer, reward, recipe: Recipe, device) -> dict[str, int]:
@@ -371,6 +415,14 @@ def estimate(recipe: Recipe, without_checkpointing: bool = True) -> Plan:
         flops=flops,
         extras=extras,
     )
+    tokens = recipe.text_tokens or recipe.max_sequence_length
+    plan.text_forward = text_encoder_peak(pipeline, adapter, recipe.batch_size, tokens)
+    caching = text_encoder_peak(pipeline, adapter, CACHE_BATCH, tokens)
+    if caching is not None:  # every weight is on the card then, the transformer too unless an engine shards it later
+        on_card = sum(size for *_, size in weights)
+        if recipe.engine in ("fsdp2", "zero2", "zero3"):  # the Trainer leaves the model on the CPU until prepared
+            on_card -= sum(size for name, *_, size in weights if name == adapter.trainable_component)
+        plan.caching_peak = on_card + caching
     plan.lora_r64_params = lora_parameter_count(
         transformer, recipe.lora_target_modules or list(adapter.default_lora_target_modules), 64
     )

@@ -124,11 +124,18 @@ def fused_attention_on_meta():
     """
     import torch.nn.functional as F
 
+    from .autocast import active_autocast
+
     original = F.scaled_dot_product_attention
 
     def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if query.device.type != "meta":
             return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        autocast = active_autocast()  # this function is no torch function: make the cast autocast would make
+        if autocast is not None:
+            query, key, value, attn_mask = autocast.cast_for(
+                "scaled_dot_product_attention", query, key, value, attn_mask
+            )
         if enable_gqa and key.shape[-3] != query.shape[-3]:
             repeats = query.shape[-3] // key.shape[-3]
             key, value = key.repeat_interleave(repeats, -3), value.repeat_interleave(repeats, -3)

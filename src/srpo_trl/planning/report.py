@@ -82,7 +82,7 @@ def largest_batch(plan: Plan, budget: int, limit: int = 256) -> int:
     """The largest per-process batch whose estimated peak fits `budget` (activations scale with the batch)."""
     best = 0
     for batch in range(1, limit + 1):
-        if plan.peak_bytes(batch=batch) > budget:
+        if plan.overall_peak(batch=batch) > budget:
             break
         best = batch
     return best
@@ -99,9 +99,13 @@ def changes(plan: Plan, budget: int) -> list[Change]:
     state = sum(plan.state.values())
     shard = r.processes if r.engine in ("fsdp2", "zero3") else 1
 
-    def add(what, saves):
+    caching = (
+        plan.caching_peak or 0
+    )  # caching the prompts comes first: a change that does not lower it is bounded by it
+
+    def add(what, saves, caching=caching):
         if saves > 0:
-            out.append(Change(what, int(saves), int(peak - saves)))
+            out.append(Change(what, int(saves), int(max(peak - saves, caching))))
 
     if r.use_peft and r.lora_r > 16:
         add(f"LoRA rank {r.lora_r} -> 16 (--lora_r 16)", state * (1 - 16 / r.lora_r))
@@ -130,6 +134,7 @@ def changes(plan: Plan, budget: int) -> list[Change]:
         add(
             f"FSDP2 over {n} processes (--engine fsdp2 --num_processes {n})",
             (resident + state) * (1 - 1 / n) + ddp - gathered,
+            caching=caching - sum(size for name, *_, size in plan.weights if name == plan.trainable),
         )
     if r.batch_size > 1:
         add("batch 1 (--per_device_train_batch_size 1)", peak - plan.peak_bytes(batch=1))
@@ -147,7 +152,7 @@ def changes(plan: Plan, budget: int) -> list[Change]:
 def verdict(plan: Plan, memory: float) -> Verdict:
     allowance = allowance_bytes(memory)
     budget = int(memory - allowance)
-    return Verdict(int(memory), allowance, plan.peak_bytes(), largest_batch(plan, budget), changes(plan, budget))
+    return Verdict(int(memory), allowance, plan.overall_peak(), largest_batch(plan, budget), changes(plan, budget))
 
 
 def step_seconds(plan: Plan, peak_flops: float, mfu: float = DEFAULT_MFU) -> float:
@@ -173,7 +178,8 @@ def render(plan: Plan, memory: float | None, gpu: str | None, mfu: float = DEFAU
     )
     lines.append(
         f"  {mode}, {res} px, batch {r.batch_size} per process, {r.rollout_steps} rollout steps, "
-        f"weights {r.dtype}, trainable {r.trainable_dtype}, reward {r.reward}, engine {engine}"
+        f"weights {r.dtype}, trainable {r.trainable_dtype}, reward {r.reward}, engine {engine}, "
+        f"autocast {r.autocast + ' bf16' if r.autocast else 'off'}"
     )
     lines.append("")
     lines.append("Weights (whole model; 'on card' is per process):")
@@ -203,8 +209,11 @@ def render(plan: Plan, memory: float | None, gpu: str | None, mfu: float = DEFAU
         lines.append(f"  saved for backward: {phase:<13}{_gb(value):>13}{extra}")
     lines.append(f"  forward with gradient, peak{_gb(m.forward_peak):>25}")
     lines.append(f"  training, peak less the gradients{_gb(m.train_peak - m.grad_bytes):>19}")
-    if getattr(plan, "text_encoder_peak", None):
-        lines.append(f"  text encoders' forward (not cached){_gb(plan.text_encoder_peak):>17}")
+    if plan.text_forward is not None:
+        when = "at every step: text not cached" if not r.cache_text_embeddings else "while caching"
+        lines.append(f"  text encoders' forward, batch {r.batch_size} ({when}){_gb(plan.text_forward):>12}")
+    else:
+        lines.append("  text encoders' forward: not sized (an encoder does not run on the meta device)")
     lines.append("")
     lines.append(
         f"Peak per process: {_gb(plan.peak_bytes())} (static {_gb(plan.static_bytes)} + "
@@ -212,6 +221,12 @@ def render(plan: Plan, memory: float | None, gpu: str | None, mfu: float = DEFAU
     )
     if other is not None:
         lines.append(f"  without transformer gradient checkpointing: {_gb(plan.peak_bytes(other))}")
+    if plan.caching_peak is not None:
+        lines.append(
+            f"Caching the prompts before training: {_gb(plan.caching_peak)} (the weights on the card, the "
+            f"transformer too unless an engine shards it, + the encoders' forward on 8 prompts)"
+            + ("  <- the run's peak" if plan.caching_peak > plan.peak_bytes() else "")
+        )
     flops = plan.step_flops()
     lines.append("")
     lines.append(
@@ -257,6 +272,6 @@ def gpu_table(plans: dict[str, Plan], memories=(24, 48, 80, 141)) -> list[str]:
         cells = []
         for memory in memories:
             budget = memory * GB - allowance_bytes(memory * GB)
-            cells.append("fits" if plan.peak_bytes() <= budget else "no")
-        rows.append(f"| {label} | {_gb(plan.peak_bytes())} | {' | '.join(cells)} |")
+            cells.append("fits" if plan.overall_peak() <= budget else "no")
+        rows.append(f"| {label} | {_gb(plan.overall_peak())} | {' | '.join(cells)} |")
     return rows
