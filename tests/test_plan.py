@@ -25,6 +25,9 @@ FAMILIES = [
     "tiny_chroma_pipeline",
     "tiny_sd3_pipeline",
     "tiny_z_image_pipeline",
+    "tiny_flux_kontext_pipeline",
+    "tiny_flux_fill_pipeline",
+    "tiny_flux_control_pipeline",
 ]
 
 
@@ -221,3 +224,28 @@ def test_plan_command_on_flux1_dev_matches_the_h200_record(capsys):
     )
     peak = float(out.split("Peak per process: ")[1].split(" GB")[0])
     assert peak == pytest.approx(36.25, rel=0.02)  # 36.11 GB under CUDA's replayed autocast (docs/benchmarks.md)
+
+
+def test_another_engine_without_tracing_again_equals_a_fresh_estimate():
+    """`retarget` (what benchmarks/plan_tables.py uses for docs/distributed.md) against `estimate` itself."""
+    from srpo_trl.planning.estimate import retarget
+
+    def recipe(**engine):
+        return Recipe(
+            model=testing.tiny_flux_pipeline(),
+            resolution=64,
+            dtype=None,
+            reward=testing.tiny_clip_reward(),
+            max_sequence_length=16,
+            lora_r=4,
+            use_peft=False,
+            **engine,
+        )
+
+    base = estimate(recipe(), without_checkpointing=False)
+    for engine, n in (("ddp", 2), ("fsdp2", 4), ("zero2", 2), ("zero3", 2)):
+        fresh = estimate(recipe(engine=engine, processes=n), without_checkpointing=False)
+        moved = retarget(base, engine, n)
+        assert (moved.resident, moved.state, moved.extras) == (fresh.resident, fresh.state, fresh.extras), engine
+        assert moved.overall_peak() == fresh.overall_peak() and moved.caching_peak == fresh.caching_peak
+    assert retarget(base, "fsdp2", 4).overall_peak() < base.overall_peak()

@@ -16,6 +16,7 @@ from the formats below, its activations are the bf16 base's), and the text encod
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from .autocast import POLICIES, EmulatedAutocast
 from .measure import MemoryTimeline, SavedBytes, count_flops, fused_attention_on_meta, storage_keys
-from .meta import meta_pipeline, meta_reward, text_conditioning
+from .meta import meta_pipeline, meta_reward, text_conditioning, with_reference
 
 GIB = 2**30
 #: Bytes per weight of the quantised formats: NF4 (4 bits, an int8 scale per 64 weights, an fp32 factor per 256
@@ -233,6 +234,7 @@ def run_step(
         text = text_conditioning(
             adapter, batch, recipe.text_tokens or recipe.max_sequence_length, device, torch.float32
         )
+    text = with_reference(adapter, text, batch, height, width, device)
     generator = torch.Generator().manual_seed(0)
     eps = adapter.sample_noise(batch, height, width, generator, device)
     saved = {}
@@ -302,6 +304,7 @@ def count_step_flops(adapter, transformer, reward, recipe: Recipe, device) -> di
     step = make_step(adapter, reward, recipe)
     batch, (height, width) = recipe.batch_size, recipe.resolution
     text = text_conditioning(adapter, batch, recipe.text_tokens or recipe.max_sequence_length, device, torch.float32)
+    text = with_reference(adapter, text, batch, height, width, device)
     generator = torch.Generator().manual_seed(0)
     out = {}
     with torch.no_grad():
@@ -353,40 +356,74 @@ def _state(plan_trainable: int, graded: int, recipe: Recipe) -> dict[str, int]:
     return state
 
 
+def _weight_rows(components: dict[str, nn.Module], adapter, recipe: Recipe) -> list[tuple[str, str, str, int, int]]:
+    """(component, dtype, role, parameters, bytes) rows, the quantised base's linear weights in their format."""
+    weights = []
+    for name, module in components.items():
+        for dtype, role, count, size in _module_bytes(module):
+            quantised = name == adapter.trainable_component and role == "frozen" and dtype == recipe.dtype
+            if quantised and recipe.quantize_base:
+                q_count, q_bytes = quantised_linear_weights(module)
+                weights.append(
+                    (
+                        name,
+                        recipe.quantize_base,
+                        "quantised",
+                        q_count,
+                        int(q_count * QUANT_BYTES[recipe.quantize_base]),
+                    )
+                )
+                count, size = count - q_count, size - q_bytes
+            weights.append((name, dtype, role, count, size))
+    return weights
+
+
+def distribute(plan: Plan) -> Plan:
+    """Fill in what depends on the engine and the number of processes (the trace does not): the weights each
+    process keeps on its card, the training state per process, gathered blocks or DDP buckets, and the caching
+    phase's peak."""
+    recipe = plan.recipe
+    n = recipe.processes if recipe.engine in ("fsdp2", "zero3") else 1
+    plan.resident = {}
+    for name in dict.fromkeys(row[0] for row in plan.weights):
+        if name in plan.text_components and recipe.release_text_encoders:
+            continue  # cached text: the encoders leave the card before training
+        # trainable weights are the master weights of the training state, not counted here
+        on_card = sum(size for row_name, _, role, _, size in plan.weights if row_name == name and role != "trainable")
+        plan.resident[name] = on_card // n if name == plan.trainable else on_card
+    plan.state = _state(plan.trainable_params, plan.measured.graded_params, recipe)
+    plan.extras = {}
+    if recipe.engine in ("fsdp2", "zero3") and recipe.processes > 1:
+        plan.extras["gathered blocks (2, prefetch)"] = 2 * plan.largest_block
+    if recipe.engine == "ddp" and recipe.processes > 1:
+        plan.extras["DDP gradient buckets"] = plan.state["gradients"]
+    plan.caching_peak = None
+    if plan.caching_forward is not None:  # every weight is on the card then, the transformer too unless an engine
+        on_card = sum(size for *_, size in plan.weights)  # shards it later (the Trainer leaves it on the CPU)
+        if recipe.engine in ("fsdp2", "zero2", "zero3"):
+            on_card -= sum(size for name, *_, size in plan.weights if name == plan.trainable)
+        plan.caching_peak = on_card + plan.caching_forward
+    return plan
+
+
+def retarget(plan: Plan, engine: str, processes: int) -> Plan:
+    """`plan` for another engine or number of processes, without tracing again."""
+    import copy
+
+    other = copy.copy(plan)
+    other.recipe = dataclasses.replace(plan.recipe, engine=engine, processes=processes)
+    return distribute(other)
+
+
 def estimate(recipe: Recipe, without_checkpointing: bool = True) -> Plan:
     """The plan of `recipe`: see the module docstring."""
     pipeline, adapter, transformer, reward = prepare(recipe)
     components = {n: m for n, m in pipeline.components.items() if isinstance(m, nn.Module)}
     components["reward"] = reward
-    weights, resident = [], {}
     trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-    text_components = set(getattr(adapter, "text_components", ()))
-    n = recipe.processes if recipe.engine in ("fsdp2", "zero3") else 1
-    for name, module in components.items():
-        rows = _module_bytes(module)
-        on_card = 0
-        for dtype, role, count, size in rows:
-            if (
-                name == adapter.trainable_component
-                and role == "frozen"
-                and recipe.quantize_base
-                and dtype == recipe.dtype
-            ):
-                q_count, q_bytes = quantised_linear_weights(module)
-                q_size = int(q_count * QUANT_BYTES[recipe.quantize_base])
-                weights.append((name, recipe.quantize_base, "quantised", q_count, q_size))
-                count, size = count - q_count, size - q_bytes
-                on_card += q_size
-            weights.append((name, dtype, role, count, size))
-            if role != "trainable":  # trainable weights are the master weights of the training state
-                on_card += size
-        if name in text_components and recipe.release_text_encoders:
-            continue  # cached text: the encoders leave the card before training
-        resident[name] = on_card // n if name == adapter.trainable_component else on_card
     device = torch.device("meta")
     exclude = storage_keys([*pipeline_tensors(components)])
     measured = run_step(adapter, transformer, reward, recipe, device, exclude=exclude)
-    state = _state(trainable, measured.graded_params, recipe)
     other = toggled = None
     if without_checkpointing and recipe.transformer_gradient_checkpointing:
         transformer.disable_gradient_checkpointing()
@@ -396,41 +433,30 @@ def estimate(recipe: Recipe, without_checkpointing: bool = True) -> Plan:
         transformer.enable_gradient_checkpointing()  # what turning it on would save
         toggled = run_step(adapter, transformer, reward, recipe, device, exclude=exclude)
         transformer.disable_gradient_checkpointing()
-    flops = count_step_flops(adapter, transformer, reward, recipe, device)
-    extras = {}
     compute_bytes = torch.tensor([], dtype=_dtype(recipe.dtype) or torch.float32).element_size()
-    if recipe.engine in ("fsdp2", "zero3") and recipe.processes > 1:
-        extras["gathered blocks (2, prefetch)"] = 2 * _largest_block_bytes(transformer, compute_bytes)
-    if recipe.engine == "ddp" and recipe.processes > 1:
-        extras["DDP gradient buckets"] = state["gradients"]
+    tokens = recipe.text_tokens or recipe.max_sequence_length
     plan = Plan(
         recipe=recipe,
         pipeline_class=type(pipeline).__name__,
-        weights=weights,
-        resident=resident,
+        weights=_weight_rows(components, adapter, recipe),
+        resident={},
         trainable_params=trainable,
-        state=state,
+        state={},
         measured=measured,
         no_checkpointing=other,
-        flops=flops,
-        extras=extras,
+        flops=count_step_flops(adapter, transformer, reward, recipe, device),
+        text_forward=text_encoder_peak(pipeline, adapter, recipe.batch_size, tokens),
     )
-    tokens = recipe.text_tokens or recipe.max_sequence_length
-    plan.text_forward = text_encoder_peak(pipeline, adapter, recipe.batch_size, tokens)
-    caching = text_encoder_peak(pipeline, adapter, CACHE_BATCH, tokens)
-    if caching is not None:  # every weight is on the card then, the transformer too unless an engine shards it later
-        on_card = sum(size for *_, size in weights)
-        if recipe.engine in ("fsdp2", "zero2", "zero3"):  # the Trainer leaves the model on the CPU until prepared
-            on_card -= sum(size for name, *_, size in weights if name == adapter.trainable_component)
-        plan.caching_peak = on_card + caching
+    plan.caching_forward = text_encoder_peak(pipeline, adapter, CACHE_BATCH, tokens)
+    plan.text_components = set(getattr(adapter, "text_components", ()))
+    plan.trainable = adapter.trainable_component
+    plan.largest_block = _largest_block_bytes(transformer, compute_bytes)
     plan.lora_r64_params = lora_parameter_count(
         transformer, recipe.lora_target_modules or list(adapter.default_lora_target_modules), 64
     )
     plan.quantisable = quantised_linear_weights_all(transformer)
-    plan.trainable = adapter.trainable_component
-    plan.largest_block = _largest_block_bytes(transformer, compute_bytes)
     plan.with_checkpointing = toggled
-    return plan
+    return distribute(plan)
 
 
 def quantised_linear_weights_all(transformer: nn.Module) -> tuple[int, int]:

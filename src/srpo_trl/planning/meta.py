@@ -25,7 +25,7 @@ from torch import nn
 CONFIGS = os.path.join(os.path.dirname(__file__), "configs")
 
 #: Hub id -> shipped file of component configs.
-SHIPPED: dict[str, str] = {
+SHIPPED: dict[str, str | tuple[str, str]] = {
     "black-forest-labs/FLUX.1-dev": "flux1-dev.json",
     "black-forest-labs/FLUX.1-Krea-dev": "flux1-dev.json",
     "black-forest-labs/FLUX.2-dev": "flux2-dev.json",
@@ -37,6 +37,10 @@ SHIPPED: dict[str, str] = {
     "Tongyi-MAI/Z-Image-Turbo": "z-image-turbo.json",
     "black-forest-labs/FLUX.1-Fill-dev": "flux1-fill-dev.json",
     "black-forest-labs/FLUX.1-Canny-dev": "flux1-canny-dev.json",
+    # Same components as another shipped model, under another pipeline class (Kontext is FLUX.1-dev's architecture,
+    # Depth [dev] Canny [dev]'s): (file, pipeline class).
+    "black-forest-labs/FLUX.1-Kontext-dev": ("flux1-dev.json", "FluxKontextPipeline"),
+    "black-forest-labs/FLUX.1-Depth-dev": ("flux1-canny-dev.json", "FluxControlPipeline"),
 }
 
 #: Reward name -> shipped CLIP config (HPSv2 / v2.1 and PickScore are CLIP ViT-H-14; `clip` is CLIP ViT-L/14).
@@ -168,7 +172,12 @@ def meta_pipeline(model, dtype: torch.dtype | None = torch.bfloat16):
     if os.path.isdir(model):
         return _from_spec(_folder_spec(model), dtype or torch.float32)
     if model in SHIPPED:
-        return _from_spec(_load_json(SHIPPED[model]), dtype or torch.float32)
+        entry = SHIPPED[model]
+        file_name, class_name = entry if isinstance(entry, tuple) else (entry, None)
+        spec = _load_json(file_name)
+        if class_name:
+            spec = {**spec, "_class_name": class_name}
+        return _from_spec(spec, dtype or torch.float32)
     raise CannotSize(
         f"plan: cannot size {model!r}: it is neither a local pipeline folder nor one of the published models whose "
         f"configs ship with srpo-trl ({', '.join(sorted(SHIPPED))}); nothing was downloaded. Download the model's "
@@ -209,6 +218,20 @@ def meta_reward(reward, dtype: torch.dtype):
     return _meta_clip_reward(model, 1.0 if name.startswith("hps") else "logit", name)
 
 
+@torch.no_grad()
+def with_reference(adapter, conditioning: dict, batch: int, height: int, width: int, device) -> dict:
+    """`conditioning` plus what a family that edits or repaints an image adds per batch (Kontext's reference latents,
+    Fill's masked source and mask, Control's control image), from blank images of the training size: the trainer
+    encodes them once per batch without gradient, so only their shapes matter."""
+    if not getattr(adapter, "requires_reference_image", False):
+        return conditioning
+    images = torch.zeros(batch, 3, height, width, device=device)
+    extra = (
+        {"masks": torch.ones(batch, 1, height, width, device=device)} if getattr(adapter, "uses_mask", False) else {}
+    )
+    return adapter.add_reference(conditioning, images, height, width, **extra)
+
+
 def text_conditioning(adapter, batch: int, tokens: int, device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The text cache's conditioning of `batch` prompts of `tokens` tokens, as the family's `encode_prompts` gives it
     (zeros: only the shapes matter). Families whose text the planner does not know stop with `CannotSize`."""
@@ -221,7 +244,7 @@ def text_conditioning(adapter, batch: int, tokens: int, device, dtype: torch.dty
     def ones(*shape):
         return torch.ones(*shape, device=device, dtype=torch.float32)
 
-    if family == "flux" and not adapter.requires_reference_image and type(adapter).__name__ == "FluxAdapter":
+    if family in ("flux", "flux-kontext", "flux-fill", "flux-control"):
         width = config.joint_attention_dim
         return {
             "prompt_embeds": zeros(batch, tokens, width),

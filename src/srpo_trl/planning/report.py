@@ -114,10 +114,9 @@ def changes(plan: Plan, budget: int) -> list[Change]:
         add("LoRA r=64 instead of full fine-tuning (--use_peft --lora_r 64)", state - 4 * lora * width // shard)
     if r.use_peft and not r.quantize_base:
         n, size = plan.quantisable
-        add(
-            "NF4 frozen base (--quantize_base nf4; the step about 1.8x slower)",
-            (size - n * QUANT_BYTES["nf4"]) / shard,
-        )
+        saves = size - n * QUANT_BYTES["nf4"]
+        in_caching = saves if r.engine in ("none", "ddp") else 0  # the base is on the card while caching
+        add("NF4 frozen base (--quantize_base nf4; the step about 1.8x slower)", saves / shard, caching - in_caching)
     if "8bit" not in r.optim and plan.state.get("AdamW states"):
         add("8-bit AdamW (--optim adamw_torch_8bit)", plan.state["AdamW states"] * (1 - 1 / width))
     with_ckpt = getattr(plan, "with_checkpointing", None)
