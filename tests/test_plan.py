@@ -249,3 +249,32 @@ def test_another_engine_without_tracing_again_equals_a_fresh_estimate():
         assert (moved.resident, moved.state, moved.extras) == (fresh.resident, fresh.state, fresh.extras), engine
         assert moved.overall_peak() == fresh.overall_peak() and moved.caching_peak == fresh.caching_peak
     assert retarget(base, "fsdp2", 4).overall_peak() < base.overall_peak()
+
+
+def test_sharding_engines_drop_autocasts_copies_of_the_trainable_weights():
+    """Under CUDA's bf16 autocast a full fine-tune's fp32 weights get bf16 copies that autograd keeps; FSDP2 and
+    ZeRO-3 gather bf16 blocks themselves instead, so their peaks leave exactly those copies out."""
+    recipe = Recipe(
+        model=testing.tiny_flux_pipeline(),
+        resolution=64,
+        dtype=None,
+        reward=testing.tiny_clip_reward(),
+        max_sequence_length=16,
+        use_peft=False,
+        rollout_steps=2,
+    )
+    transformer = recipe.model.transformer
+    plan = estimate(recipe, without_checkpointing=False)
+    m = plan.measured
+    # One bf16 copy of each weight (and bias) a matrix product or convolution reads, live at the forward's end.
+    products = [mod for mod in transformer.modules() if isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d))]
+    copies = 2 * sum(p.numel() for mod in products for p in mod.parameters(recurse=False))
+    assert m.forward_peak - m.forward_peak_sharded == copies
+    assert plan.peak_bytes() - retarget_peak(plan, "ddp") == -plan.state["gradients"]  # DDP adds buckets, no less
+    assert retarget_peak(plan, "fsdp2") < retarget_peak(plan, "zero2")
+
+
+def retarget_peak(plan, engine):
+    from srpo_trl.planning.estimate import retarget
+
+    return retarget(plan, engine, 2).peak_bytes()

@@ -23,6 +23,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from .measure import ACTIVE
+
 #: Matrix products and convolutions: run in the autocast dtype on both devices.
 _LOWER = frozenset(
     {
@@ -88,6 +90,8 @@ class EmulatedAutocast(TorchFunctionMode):
             if stale or (torch.is_grad_enabled() and cached[1].grad_fn is None):  # gives the weight its gradient)
                 cached = (t, t.to(dtype))
                 self._weights[id(t)] = cached
+                for timeline in ACTIVE:  # a sharding engine gathers this weight in bf16 itself (see MemoryTimeline)
+                    timeline.exempt(cached[1])
             return cached[1]
         return t.to(dtype)
 

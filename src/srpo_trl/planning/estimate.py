@@ -88,6 +88,10 @@ class Measured:
     grad_bytes: int
     saved: dict[str, int]  # bytes autograd saves: transformer call, VAE decode, reward
     graded_params: int = 0  # trainable parameters the step gives a gradient (and AdamW a state)
+    # The two peaks without autocast's bf16 casts of the trainable weights: under FSDP2 and ZeRO-3 the engine gathers
+    # each block's weights in bf16 and frees them after use (counted as "gathered blocks" instead).
+    forward_peak_sharded: int | None = None
+    train_peak_sharded: int | None = None
 
 
 @dataclass
@@ -113,9 +117,12 @@ class Plan:
         m = measured or self.measured
         scale = (batch or self.recipe.batch_size) / self.recipe.batch_size
         gradients = self.state.get("gradients", 0)
-        activations = (m.train_peak - m.grad_bytes) * scale  # at the traced peak, gradients taken out
+        forward_peak, train_peak = m.forward_peak, m.train_peak
+        if self.recipe.engine in ("fsdp2", "zero3") and m.train_peak_sharded is not None:
+            forward_peak, train_peak = m.forward_peak_sharded, m.train_peak_sharded
+        activations = (train_peak - m.grad_bytes) * scale  # at the traced peak, gradients taken out
         if gradients < m.grad_bytes:  # sharded gradients: the traced peak (end of backward) is no longer the peak;
-            activations = max(activations, m.forward_peak * scale)  # bound: the forward's peak + every shard
+            activations = max(activations, forward_peak * scale)  # bound: the forward's peak + every shard
         rollout = m.rollout_peak * scale
         if not self.recipe.cache_text_embeddings and self.text_forward:  # prompts encoded at every step
             rollout = max(rollout, self.text_forward * scale)
@@ -262,17 +269,20 @@ def run_step(
         with SavedBytes(exclude) as counter:
             loss = sum(step.reward_losses(images, prompts, branches).values())
         saved["reward"] = counter.bytes
-        forward_peak = timeline.peak
+        forward_peak, forward_sharded = timeline.peak, timeline.peak_sharded
         del latents, images, branches
         loss.backward()
         del loss
-        train_peak = timeline.peak
+        train_peak, train_sharded = timeline.peak, timeline.peak_sharded
     graded = [p for p in transformer.parameters() if p.grad is not None]
     grads = sum(p.grad.numel() * p.grad.element_size() for p in graded)
     if not keep_grads:
         for p in graded:
             p.grad = None
-    return Measured(rollout_peak, forward_peak, train_peak, grads, saved, sum(p.numel() for p in graded))
+    graded_params = sum(p.numel() for p in graded)
+    return Measured(
+        rollout_peak, forward_peak, train_peak, grads, saved, graded_params, forward_sharded, train_sharded
+    )
 
 
 #: Prompts per text-encoder call while the cache is built (`TextEmbeddingCache.batch_size`).

@@ -35,6 +35,10 @@ def _is_subclass(t: torch.Tensor) -> bool:
     return type(t) not in (torch.Tensor, torch.nn.Parameter)
 
 
+#: The timeline of the trace in progress (for `EmulatedAutocast` to mark its weight casts).
+ACTIVE: list = []
+
+
 class MemoryTimeline(TorchDispatchMode):
     """Live bytes of the storages created inside the mode, and their peak (see the module docstring)."""
 
@@ -44,15 +48,41 @@ class MemoryTimeline(TorchDispatchMode):
         self.external: set[int] = set()
         self.current = 0
         self.peak = 0
+        # The same, without the autocast casts of trainable weights (`exempt`): what FSDP2 and ZeRO-3, which gather
+        # each block's weights in bf16 themselves and free them after use, hold instead of those casts.
+        self.exempt_keys: set[int] = set()
+        self.current_sharded = 0
+        self.peak_sharded = 0
 
     def _free(self, key: int) -> None:
-        self.current -= self.live.pop(key, 0)
+        size = self.live.pop(key, 0)
+        self.current -= size
+        if key in self.exempt_keys:
+            self.exempt_keys.discard(key)
+        else:
+            self.current_sharded -= size
+
+    def exempt(self, t: torch.Tensor) -> None:
+        """Leave `t`'s storage (made inside the mode) out of the sharded count (see `__init__`)."""
+        key = t.untyped_storage()._cdata
+        if key in self.live and key not in self.exempt_keys:
+            self.exempt_keys.add(key)
+            self.current_sharded -= self.live[key]
 
     def _forget(self, key: int) -> None:
         self.external.discard(key)
 
     def reset_peak(self) -> None:
         self.peak = self.current
+        self.peak_sharded = self.current_sharded
+
+    def __enter__(self):
+        ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        ACTIVE.remove(self)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         inputs, _ = tree_flatten((args, kwargs or {}))
@@ -74,6 +104,8 @@ class MemoryTimeline(TorchDispatchMode):
                 self.live[key] = size
                 self.current += size
                 self.peak = max(self.peak, self.current)
+                self.current_sharded += size
+                self.peak_sharded = max(self.peak_sharded, self.current_sharded)
                 weakref.finalize(storage, self._free, key)
         return out
 
