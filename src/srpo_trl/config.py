@@ -119,7 +119,9 @@ class SRPOConfig(TrainingArguments):
         decode_latent_frames (`int`, *optional*):
             Video families: in the training step, decode (with gradient) only the first N latent frames, the first
             `4 (N - 1) + 1` video frames, for the rewards. Exact (Wan's VAE is causal in time) and what makes real
-            sizes fit: the decode's backward costs about 30 KB per output frame-pixel (docs/models.md). Default: all.
+            sizes fit: the decode's backward costs about `H W (20 KB + 17 KB F)` for `F` frames of `H x W`, or with
+            `vae_gradient_checkpointing` (chunked over time) about `H W (90 KB + 2.4 KB F)` (docs/models.md): at
+            480 x 832, 81 frames about 556 or 115 GB, N = 1 about 15 GB. Default: all.
         reward_frame_stride (`int`, *optional*, defaults to `4`):
             Video families: an image reward scores every `reward_frame_stride`-th decoded frame (the first included) and
             averages, with SRP's control words per frame.

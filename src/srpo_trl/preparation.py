@@ -162,6 +162,8 @@ def prepare_trainable(pipeline, adapter, args, peft_config):
     if args.vae_gradient_checkpointing:
         if getattr(pipeline.vae, "_supports_gradient_checkpointing", False):
             pipeline.vae.enable_gradient_checkpointing()
+        elif getattr(adapter, "checkpoints_vae_decode", False):
+            pass  # Wan: the adapter's decode checkpoints the VAE itself, chunk by chunk over time (models/wan_decode.py)
         else:  # Qwen-Image's video VAE (diffusers 0.42): its decoder keeps its activations for the backward pass
             logger.warning(
                 "vae_gradient_checkpointing: %s does not support gradient checkpointing; the VAE decoder's "

@@ -11,7 +11,10 @@ image families, all handled here as the stock pipeline does it:
   that 5-D layout, the transformer's input (SRPO's step repeats latents of any rank). They are normalised with the VAE
   config's per-channel `latents_mean` / `latents_std`, dividing by `1 / std` as the stock pipeline does;
 - `decode` gives float32 videos `[B, F, 3, H, W]` in [0, 1] (the stock pipeline's `output_type="pt"` layout),
-  differentiably; the VAE clamps its output to [-1, 1] as the stock one;
+  differentiably; the VAE clamps its output to [-1, 1] as the stock one. With gradient and
+  `SRPOConfig.vae_gradient_checkpointing` (the default) it decodes chunk by chunk over time with each chunk
+  checkpointed (`wan_decode.checkpointed_decode`: diffusers' Wan VAE has no checkpointing of its own), which equals the
+  stock decode; without gradient (rollout, samples, evaluation) the stock `vae.decode` runs;
 - one text encoder, UMT5-XXL: its last hidden state with the padding tokens' embeddings zeroed, padded to
   `max_sequence_length` tokens (512, the pipeline's default), no mask: the transformer attends to the zero padding
   too, so a batch is always padded to the full length. The text cache keeps each prompt without its padding (the
@@ -52,6 +55,7 @@ from typing import ClassVar
 import torch
 
 from .base import AdapterBase
+from .wan_decode import checkpointed_decode, supports_chunked_decode
 
 #: The stock pipeline's negative prompt when CFG is on and none is given.
 NEGATIVE_PROMPT = ""
@@ -76,6 +80,9 @@ class WanAdapter(AdapterBase):
     #: A video family: `decode` gives `[B, F, 3, H, W]`, and image rewards are scored per frame (`FrameReward`).
     is_video: ClassVar[bool] = True
     default_guidance: ClassVar[dict[str, float]] = {"rollout": 5.0, "train": 1.0, "sample": 5.0}
+    #: `decode` checkpoints the VAE itself (chunk by chunk, `wan_decode`) when `vae_gradient_checkpointing` is on, so
+    #: preparation does not warn that diffusers' `AutoencoderKLWan` has no gradient checkpointing.
+    checkpoints_vae_decode: ClassVar[bool] = True
 
     def __init__(self, pipeline, max_sequence_length: int = 512):
         self.pipeline = pipeline
@@ -91,6 +98,7 @@ class WanAdapter(AdapterBase):
         self.guidance_embeds = False  # real CFG: two calls (see `velocity`)
         self.num_frames = DEFAULT_NUM_FRAMES
         self.decode_latent_frames: int | None = None  # `SRPOConfig.decode_latent_frames` (see `reward_latents`)
+        self.vae_gradient_checkpointing = True  # `SRPOConfig.vae_gradient_checkpointing` (see `decode`)
         self.trainable_component = "transformer" if pipeline.transformer is not None else "transformer_2"
         self._negative: dict[str, torch.Tensor] = {}  # the negative prompt's embeddings, per device
 
@@ -134,6 +142,7 @@ class WanAdapter(AdapterBase):
             )
         self.num_frames = frames
         self.decode_latent_frames = getattr(args, "decode_latent_frames", None)
+        self.vae_gradient_checkpointing = bool(getattr(args, "vae_gradient_checkpointing", True))
         if self.two_experts:
             self.trainable_component = self._expert_for_window(args)
 
@@ -287,11 +296,16 @@ class WanAdapter(AdapterBase):
         return latents if frames is None else latents[:, :, :frames]
 
     def decode(self, latents, height, width) -> torch.Tensor:
-        """Videos `[B, F, 3, H, W]` in [0, 1] (float32), differentiably."""
+        """Videos `[B, F, 3, H, W]` in [0, 1] (float32), differentiably: with gradient and VAE checkpointing on,
+        chunk by chunk over time, each chunk checkpointed (the same result, see `wan_decode`)."""
         vae = self.pipeline.vae
         z = latents.to(vae.dtype)
         mean, inverse_std = self._latent_statistics(z)
-        video = vae.decode(z / inverse_std + mean, return_dict=False)[0]  # [B, 3, F, H, W] in [-1, 1]
+        z = z / inverse_std + mean
+        if self.vae_gradient_checkpointing and torch.is_grad_enabled() and supports_chunked_decode(vae):
+            video = checkpointed_decode(vae, z)  # [B, 3, F, H, W] in [-1, 1]
+        else:
+            video = vae.decode(z, return_dict=False)[0]
         return self.to_unit_images(video.transpose(1, 2))
 
     @torch.no_grad()
