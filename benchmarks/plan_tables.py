@@ -4,7 +4,8 @@
 
 For each published family whose configs ship with srpo-trl: LoRA r=64 and full fine-tuning at the recipe's
 defaults (bf16 weights, fp32 master weights, AdamW, 720 px, one prompt per process, HPSv2.1 in bf16, every memory
-saver on, the step under CUDA's bf16 autocast), on one GPU and on 8 with DDP, FSDP2, ZeRO-2 and ZeRO-3. Each family
+saver on, the step under CUDA's bf16 autocast; Wan at its recipes' 81 frames of 480 x 832, the rewards decoding
+the first latent frame), on one GPU and on 8 with DDP, FSDP2, ZeRO-2 and ZeRO-3. Each family
 and mode is traced once on the meta device; the engines only change what each process holds (`retarget`). A cell
 says whether the peak per process, plus the allowance for the CUDA context and the allocator (1.5 GB + 5 % of the
 card), fits a 24, 48, 80 or 141 GB card. CPU only, nothing downloaded, a few minutes on 2 cores.
@@ -28,6 +29,17 @@ FAMILIES = {
     "Chroma1-HD": "lodestones/Chroma1-HD",
     "SD3.5 Large": "stabilityai/stable-diffusion-3.5-large",
     "Z-Image-Turbo": "Tongyi-MAI/Z-Image-Turbo",
+    "Wan 2.1 T2V 1.3B": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    "Wan 2.1 T2V 14B": "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "Wan 2.2 T2V A14B": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+}
+#: The video recipes' settings (examples/configs/wan*.yaml): 81 frames at 480 x 832, the rewards' decode of the first
+#: latent frame, and for A14B the window in the low-noise expert's levels.
+VIDEO = {"resolution": (480, 832), "num_frames": 81, "decode_latent_frames": 1}
+SETTINGS = {
+    "Wan 2.1 T2V 1.3B": VIDEO,
+    "Wan 2.1 T2V 14B": VIDEO,
+    "Wan 2.2 T2V A14B": {**VIDEO, "window": (50, 16, 25)},
 }
 ENGINES = [("1 GPU", "none", 1), ("DDP x 8", "ddp", 8), ("FSDP2 x 8", "fsdp2", 8), ("ZeRO-2 x 8", "zero2", 8), ("ZeRO-3 x 8", "zero3", 8)]  # fmt: skip
 CARDS = (24, 48, 80, 141)
@@ -42,7 +54,8 @@ def family_table(label: str, model: str) -> list[str]:
         "| --- | --- | --- | " + " | ".join("---" for _ in CARDS) + " |",
     ]
     for mode, use_peft in (("LoRA r=64", True), ("full", False)):
-        base = estimate(Recipe(model=model, resolution=720, use_peft=use_peft), without_checkpointing=False)
+        settings = {"resolution": 720, **SETTINGS.get(label, {})}
+        base = estimate(Recipe(model=model, use_peft=use_peft, **settings), without_checkpointing=False)
         for engine_label, engine, processes in ENGINES:
             plan = retarget(base, engine, processes)
             peak = plan.overall_peak()

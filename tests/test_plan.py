@@ -28,6 +28,7 @@ FAMILIES = [
     "tiny_flux_kontext_pipeline",
     "tiny_flux_fill_pipeline",
     "tiny_flux_control_pipeline",
+    "tiny_wan_pipeline",
 ]
 
 
@@ -40,6 +41,10 @@ def _real_step(pipeline, reward, recipe):
     from srpo_trl.preparation import prepare_trainable
 
     adapter = get_adapter(pipeline, max_sequence_length=recipe.max_sequence_length)
+    if adapter.is_video:  # frames and the decode's settings, as the planner configures them
+        from srpo_trl.planning.estimate import _configure_video
+
+        _configure_video(adapter, recipe)
 
     class Args:
         quantize_base = None
@@ -89,6 +94,7 @@ def test_planner_matches_a_real_cpu_step(family, use_peft, autocast):
         lora_alpha=4,
         use_peft=use_peft,
         rollout_steps=2,
+        num_frames=5,  # video families: 2 latent frames
     )
     plan = estimate(recipe, without_checkpointing=False)
     measured, trainable, states = _real_step(build(), testing.tiny_clip_reward(), recipe)

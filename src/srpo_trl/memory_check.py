@@ -74,6 +74,10 @@ def recipe_for_run(model, reward_funcs, args, peft_config, engine="none", proces
         engine=engine,
         processes=processes,
         optim=str(optim),
+        num_frames=args.num_frames,
+        decode_latent_frames=args.decode_latent_frames,
+        reward_frame_stride=args.reward_frame_stride,
+        window=(args.window_grid_steps, args.window_start_index, args.window_end_index),
     )
 
 

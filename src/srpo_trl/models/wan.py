@@ -258,7 +258,9 @@ class WanAdapter(AdapterBase):
         if not self.two_experts:
             if high_guidance != low_guidance:
                 raise ValueError(f"guidance {guidance_scale}: a second guidance needs two experts (Wan 2.2 A14B)")
-            dtype = self.pipeline.transformer.dtype  # fp32 when fully fine-tuned on a bf16 pipeline (fp32 masters)
+            # fp32 when fully fine-tuned on a bf16 pipeline (fp32 masters); the trained expert's when the planner
+            # traces an A14B pipeline's one expert alone (`planning.estimate`)
+            dtype = getattr(self.pipeline, self.trainable_component).dtype
             return self._guided(transformer, dtype, latents, timestep, text, high_guidance)
         high = timestep >= self.boundary_ratio * self.num_train_timesteps  # the stock pipeline's test, per sample
         parts = []

@@ -66,6 +66,13 @@ class Recipe:
     train_guidance_scale: float | None = None
     #: The device whose bf16 autocast the trace replays ("cuda", "cpu"), or None for none (see `planning.autocast`).
     autocast: str | None = "cuda"
+    # Video families (Wan): frames per video (the family's default when None), the latent frames the rewards'
+    # decode covers (None: all), every how many frames an image reward scores, and the Direct-Align window
+    # (grid steps, start, end; None: SRPOConfig's), which picks the expert that trains in Wan 2.2 A14B.
+    num_frames: int | None = None
+    decode_latent_frames: int | None = None
+    reward_frame_stride: int = 4
+    window: tuple[int, int, int] | None = None
     engine: str = "none"
     processes: int = 1
     optim: str = "adamw_torch"
@@ -182,6 +189,8 @@ def prepare(recipe: Recipe):
 
     pipeline = meta_pipeline(recipe.model, _dtype(recipe.dtype))
     adapter = get_adapter(pipeline, max_sequence_length=recipe.max_sequence_length)
+    if getattr(adapter, "is_video", False):
+        _configure_video(adapter, recipe)
     peft_config = None
     if recipe.use_peft:
         from peft import LoraConfig
@@ -205,6 +214,35 @@ def prepare(recipe: Recipe):
     return pipeline, adapter, transformer, reward
 
 
+def _configure_video(adapter, recipe: Recipe) -> None:
+    """The video adapter's own `configure`, from the recipe; then, for two experts (Wan 2.2 A14B), the trace runs
+    the trained one alone: both experts have the same size, and the stock sampler calls one at a time (choosing it
+    per sample reads the timestep's value, which meta tensors lack)."""
+    from types import SimpleNamespace
+
+    from ..config import SRPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SRPOConfig)}
+    steps, start, end = recipe.window or (
+        defaults["window_grid_steps"],
+        defaults["window_start_index"],
+        defaults["window_end_index"],
+    )
+    adapter.configure(
+        SimpleNamespace(
+            num_frames=recipe.num_frames,
+            decode_latent_frames=recipe.decode_latent_frames,
+            vae_gradient_checkpointing=recipe.vae_gradient_checkpointing,
+            image_size=recipe.resolution,
+            time_shift=None,
+            window_grid_steps=steps,
+            window_start_index=start,
+            window_end_index=end,
+        )
+    )
+    adapter.boundary_ratio = None
+
+
 def make_step(adapter, reward, recipe: Recipe):
     from .. import direct_align
     from ..step import SRPOStep
@@ -212,10 +250,15 @@ def make_step(adapter, reward, recipe: Recipe):
     height, width = recipe.resolution
     shift = adapter.default_time_shift(height, width)
     guidance = adapter.default_guidance
+    rewards = [reward]
+    if getattr(adapter, "is_video", False):  # as the trainer does: an image reward scores every k-th frame
+        from ..rewards.video import for_videos
+
+        rewards = for_videos(rewards, recipe.reward_frame_stride)
     return SRPOStep(
         adapter=adapter,
         window=direct_align.TrainingWindow(shift=shift),
-        rewards=[reward],
+        rewards=rewards,
         reward_weights=[1.0],
         hinge_thresholds=[reward.hinge_threshold],
         rollout_sigmas=direct_align.shifted_grid(2, shift).float(),
@@ -329,6 +372,8 @@ def count_step_flops(adapter, transformer, reward, recipe: Recipe, device) -> di
         images, out["vae_decode_2B"] = count_flops(lambda: step.decode(latents))
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         _, out["reward_2B"] = count_flops(lambda: step.reward_losses(images, prompts, branches))
+        if images.ndim == 5:  # videos: the image reward's tower sees every k-th frame
+            images = images[:, :: recipe.reward_frame_stride].flatten(0, 1)
         _, out["reward_image_2B"] = count_flops(lambda: reward.embed_images(images))
     backward = 1 if recipe.use_peft else 2
     out["rollout"] = recipe.rollout_steps * out["rollout_call"]
@@ -460,6 +505,7 @@ def estimate(recipe: Recipe, without_checkpointing: bool = True) -> Plan:
     plan.caching_forward = text_encoder_peak(pipeline, adapter, CACHE_BATCH, tokens)
     plan.text_components = set(getattr(adapter, "text_components", ()))
     plan.trainable = adapter.trainable_component
+    plan.is_video = bool(getattr(adapter, "is_video", False))
     plan.largest_block = _largest_block_bytes(transformer, compute_bytes)
     plan.lora_r64_params = lora_parameter_count(
         transformer, recipe.lora_target_modules or list(adapter.default_lora_target_modules), 64

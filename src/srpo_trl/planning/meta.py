@@ -41,6 +41,9 @@ SHIPPED: dict[str, str | tuple[str, str]] = {
     # Depth [dev] Canny [dev]'s): (file, pipeline class).
     "black-forest-labs/FLUX.1-Kontext-dev": ("flux1-dev.json", "FluxKontextPipeline"),
     "black-forest-labs/FLUX.1-Depth-dev": ("flux1-canny-dev.json", "FluxControlPipeline"),
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan21-t2v-1.3b.json",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": "wan21-t2v-14b.json",
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "wan22-t2v-a14b.json",
 }
 
 #: Reward name -> shipped CLIP config (HPSv2 / v2.1 and PickScore are CLIP ViT-H-14; `clip` is CLIP ViT-L/14).
@@ -279,6 +282,9 @@ def text_conditioning(adapter, batch: int, tokens: int, device, dtype: torch.dty
             "negative_prompt_embeds": embeds.clone(),
             "negative_pooled_prompt_embeds": pooled.clone(),
         }
+    if family == "wan":  # UMT5 states padded to the full length, and the negative prompt's for CFG
+        embeds = zeros(batch, tokens, config.text_dim)
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": embeds.clone()}
     if family == "z-image":
         embeds = zeros(batch, tokens, config.cap_feat_dim)
         return {"prompt_embeds": embeds, "negative_prompt_embeds": embeds.clone()}

@@ -236,7 +236,8 @@ def render(plan: Plan, memory: float | None, gpu: str | None, mfu: float = DEFAU
         images = r.batch_size * r.processes / seconds
         lines.append(
             f"  step time at {mfu:.0%} MFU of {peak_flops / 1e12:,.0f} TFLOP/s (dense bf16 peak): "
-            f"{seconds:,.2f} s, {images:,.3f} images/s over {r.processes} process(es)"
+            f"{seconds:,.2f} s, {images:,.3f} {'videos' if getattr(plan, 'is_video', False) else 'images'}/s over "
+            f"{r.processes} process(es)"
         )
     if memory:
         v = verdict(plan, memory)
