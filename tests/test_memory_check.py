@@ -87,11 +87,10 @@ def test_off_and_cpu_runs_skip_the_estimate(config, tiny_folder):
     assert check_before_loading(tiny_folder, reward, config(), None, None).planned_peak is None  # no CUDA here
 
 
-def test_a_model_the_planner_cannot_size_is_logged_not_refused(config, tmp_path, caplog):
-    folder = tmp_path / "tiny-wan"
-    testing.tiny_wan_pipeline().save_pretrained(folder)
+def test_a_model_the_planner_cannot_size_is_logged_not_refused(config, caplog):
+    # A Hub id whose configs do not ship (nothing is downloaded): even `strict` lets the run go on.
     with caplog.at_level(logging.WARNING, logger="srpo_trl"):
-        check = check_before_loading(str(folder), ["clip"], config(memory_check="strict"), None, (1, GB))
+        check = check_before_loading("someone/unknown-model", ["clip"], config(memory_check="strict"), None, (1, GB))
     assert check.planned_peak is None and "memory_check: not checked" in caplog.text
 
 

@@ -284,3 +284,19 @@ def retarget_peak(plan, engine):
     from srpo_trl.planning.estimate import retarget
 
     return retarget(plan, engine, 2).peak_bytes()
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "tiny_flux3_pipeline",
+        pytest.param("tiny_qwen_image21_pipeline", marks=pytest.mark.extended),
+        pytest.param("tiny_qwen_image_edit_pipeline", marks=pytest.mark.extended),
+    ],
+)
+def test_a_family_the_planner_cannot_size_stops_with_a_clear_error(family):
+    recipe = Recipe(
+        model=getattr(testing, family)(), resolution=64, dtype=None, reward=testing.tiny_clip_reward(), lora_r=4
+    )
+    with pytest.raises(CannotSize, match="nothing was downloaded"):
+        estimate(recipe, without_checkpointing=False)

@@ -25,7 +25,7 @@ from torch import nn
 
 from .autocast import POLICIES, EmulatedAutocast
 from .measure import MemoryTimeline, SavedBytes, count_flops, fused_attention_on_meta, storage_keys
-from .meta import meta_pipeline, meta_reward, text_conditioning, with_reference
+from .meta import CannotSize, meta_pipeline, meta_reward, text_conditioning, with_reference
 
 GIB = 2**30
 #: Bytes per weight of the quantised formats: NF4 (4 bits, an int8 scale per 64 weights, an fp32 factor per 256
@@ -471,7 +471,21 @@ def retarget(plan: Plan, engine: str, processes: int) -> Plan:
 
 
 def estimate(recipe: Recipe, without_checkpointing: bool = True) -> Plan:
-    """The plan of `recipe`: see the module docstring."""
+    """The plan of `recipe`: see the module docstring. A model the planner cannot size stops with `CannotSize`."""
+    try:
+        return _estimate(recipe, without_checkpointing)
+    except CannotSize:
+        raise
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError) as error:
+        # A family whose code reads tensor values (meta tensors have none) or a pipeline the planner cannot rebuild
+        # (FLUX.3's modular pipeline, Qwen-Image 2.1's transformer): say so, rather than a trace deep in a model.
+        name = recipe.model if isinstance(recipe.model, str) else type(recipe.model).__name__
+        raise CannotSize(
+            f"plan: cannot size {name} on the meta device ({type(error).__name__}: {error}); nothing was downloaded"
+        ) from error
+
+
+def _estimate(recipe: Recipe, without_checkpointing: bool) -> Plan:
     pipeline, adapter, transformer, reward = prepare(recipe)
     components = {n: m for n, m in pipeline.components.items() if isinstance(m, nn.Module)}
     components["reward"] = reward

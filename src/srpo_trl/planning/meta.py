@@ -290,5 +290,6 @@ def text_conditioning(adapter, batch: int, tokens: int, device, dtype: torch.dty
         return {"prompt_embeds": embeds, "negative_prompt_embeds": embeds.clone()}
     raise CannotSize(
         f"plan: the planner does not know the text conditioning of {type(adapter).__name__} yet; it sizes "
-        "FLUX.1, FLUX.2, Qwen-Image, Chroma, SD3 / 3.5 and Z-Image text-to-image runs"
+        "FLUX.1 (with Kontext, Fill, Canny / Depth), FLUX.2, Qwen-Image, Chroma, SD3 / 3.5, Z-Image and Wan runs;"
+        " nothing was downloaded"
     )
