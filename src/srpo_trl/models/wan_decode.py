@@ -1,8 +1,8 @@
 """Wan's VAE decode with gradient, chunk by chunk over time, each chunk under gradient checkpointing.
 
 diffusers' `AutoencoderKLWan` (0.42) has no gradient checkpointing, so a decode with gradient keeps every activation of
-every output frame for the backward pass (about 30 KB per output frame-pixel on Wan 2.1's VAE, docs/models.md). Its
-own `_decode` already runs the decoder one latent frame at a time: a causal 3-D convolution of the next chunk reads
+every output frame for the backward pass (in fp32 about 17 KB per output frame-pixel on Wan 2.1's VAE, docs/models.md).
+Its own `_decode` already runs the decoder one latent frame at a time: a causal 3-D convolution of the next chunk reads
 the last two frames of its input in the chunk before, which the decoder keeps in a list `feat_cache` (one slot per
 causal convolution: `None` before the first chunk, the string `"Rep"` for the temporal upsampler after the first
 chunk, which has no frame to pair with, else a tensor) that it overwrites in place.
