@@ -208,7 +208,7 @@ def _loading_snippet(
     if _support(pipeline_class).inputs:  # a variant's own inputs are images
         imports += "\nfrom diffusers.utils import load_image"
     if settings.num_frames is not None:
-        imports += "\nfrom diffusers.utils import export_to_video"
+        imports += "\nfrom diffusers.utils import export_to_video  # pip install imageio imageio-ffmpeg"
     if settings.controlnets and base_model is not None:  # the ControlNet(s) load apart, and join the base pipeline
         imports = imports.replace(pipeline_class, f"FluxControlNetModel, {pipeline_class}", 1)
         nets = [f'FluxControlNetModel.from_pretrained("{c}", torch_dtype={dtype})' for c in settings.controlnets]
