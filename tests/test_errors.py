@@ -352,6 +352,7 @@ TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.extended  # launches a training process and signals it (about 20 s on 2 cores): the second tier
 def test_sigterm_writes_a_resumable_checkpoint_and_exits(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)

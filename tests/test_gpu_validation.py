@@ -44,6 +44,7 @@ def _check_cases(results: dict, records: list[dict], model: str, dtype: str) -> 
         assert 0 < record["last_grad_norm"] < float("inf")
 
 
+@pytest.mark.extended  # runs the benchmark script as its own process (about 12 s on 2 cores): the second tier
 def test_dry_run_of_the_benchmark_and_rollout_sync_cases(tmp_path):
     """The default dry run: the tiny model in fp32, every case's logic in about a minute on any CPU."""
     results, records = _dry_run(tmp_path, timeout=600)

@@ -79,6 +79,7 @@ def test_a_quantised_base_shrinks_the_transformer_weights(kind, at_most):
     assert layer(x).shape == (2, 7, 256)
 
 
+@pytest.mark.extended  # torchao compiles its 8-bit optimiser step (about 20 s cold on 2 cores): the second tier
 def test_8bit_adamw_from_torchao_steps_uphill_with_8bit_states_and_is_guarded(config):
     """TrainingArguments' `optim="adamw_torch_8bit"`: torchao's AdamW with 8-bit states, guarded like any optimizer."""
     from torchao.optim.subclass_8bit import OptimState8bit
