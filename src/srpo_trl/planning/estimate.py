@@ -95,10 +95,12 @@ class Measured:
     grad_bytes: int
     saved: dict[str, int]  # bytes autograd saves: transformer call, VAE decode, reward
     graded_params: int = 0  # trainable parameters the step gives a gradient (and AdamW a state)
-    # The two peaks without autocast's bf16 casts of the trainable weights: under FSDP2 and ZeRO-3 the engine gathers
-    # each block's weights in bf16 and frees them after use (counted as "gathered blocks" instead).
+    # The peaks without autocast's bf16 casts of the trainable weights: under FSDP2 and ZeRO-3 the engine gathers
+    # each block's weights in bf16 and frees them after use (counted as "gathered blocks" instead). The rollout's
+    # casts matter as much: autocast caches them for its whole region, gradient or not.
     forward_peak_sharded: int | None = None
     train_peak_sharded: int | None = None
+    rollout_peak_sharded: int | None = None
 
 
 @dataclass
@@ -124,16 +126,21 @@ class Plan:
         m = measured or self.measured
         scale = (batch or self.recipe.batch_size) / self.recipe.batch_size
         gradients = self.state.get("gradients", 0)
-        forward_peak, train_peak = m.forward_peak, m.train_peak
-        if self.recipe.engine in ("fsdp2", "zero3") and m.train_peak_sharded is not None:
-            forward_peak, train_peak = m.forward_peak_sharded, m.train_peak_sharded
+        rollout_peak, forward_peak, train_peak = self.phase_peaks(m)
         activations = (train_peak - m.grad_bytes) * scale  # at the traced peak, gradients taken out
         if gradients < m.grad_bytes:  # sharded gradients: the traced peak (end of backward) is no longer the peak;
             activations = max(activations, forward_peak * scale)  # bound: the forward's peak + every shard
-        rollout = m.rollout_peak * scale
+        rollout = rollout_peak * scale
         if not self.recipe.cache_text_embeddings and self.text_forward:  # prompts encoded at every step
             rollout = max(rollout, self.text_forward * scale)
         return int(max(rollout, activations + gradients) + sum(self.extras.values()))
+
+    def phase_peaks(self, measured: Measured | None = None) -> tuple[int, int, int]:
+        """The rollout call's, the forward's and the training step's peaks as this recipe's engine holds them."""
+        m = measured or self.measured
+        if self.recipe.engine in ("fsdp2", "zero3") and m.train_peak_sharded is not None:
+            return m.rollout_peak_sharded, m.forward_peak_sharded, m.train_peak_sharded
+        return m.rollout_peak, m.forward_peak, m.train_peak
 
     def peak_bytes(self, measured: Measured | None = None, batch: int | None = None) -> int:
         return self.static_bytes + self.dynamic_bytes(measured, batch)
@@ -299,7 +306,7 @@ def run_step(
                 transformer, eps, sigma, text, step.rollout_guidance_scale, height, width, target=sigma * 0
             )
             del v
-        rollout_peak = timeline.peak
+        rollout_peak, rollout_sharded = timeline.peak, timeline.peak_sharded
         timeline.reset_peak()
         levels = step.draw_levels(generator, batch, 0, batch)
         with SavedBytes(exclude) as counter:
@@ -324,7 +331,15 @@ def run_step(
             p.grad = None
     graded_params = sum(p.numel() for p in graded)
     return Measured(
-        rollout_peak, forward_peak, train_peak, grads, saved, graded_params, forward_sharded, train_sharded
+        rollout_peak,
+        forward_peak,
+        train_peak,
+        grads,
+        saved,
+        graded_params,
+        forward_sharded,
+        train_sharded,
+        rollout_sharded,
     )
 
 

@@ -198,16 +198,17 @@ def render(plan: Plan, memory: float | None, gpu: str | None, mfu: float = DEFAU
     for name, size in plan.extras.items():
         lines.append(f"  {name:<30}{_gb(size):>13}")
     m, other = plan.measured, plan.no_checkpointing
+    rollout_peak, forward_peak, train_peak = plan.phase_peaks()  # as the engine holds them (see Measured)
     lines.append("")
     lines.append("Activations per process (traced on the meta device):")
-    lines.append(f"  rollout call (no gradient), peak{_gb(m.rollout_peak):>20}")
+    lines.append(f"  rollout call (no gradient), peak{_gb(rollout_peak):>20}")
     for phase, value in m.saved.items():
         extra = ""
         if other is not None:
             extra = f"   (without transformer checkpointing: {_gb(other.saved[phase])})"
         lines.append(f"  saved for backward: {phase:<13}{_gb(value):>13}{extra}")
-    lines.append(f"  forward with gradient, peak{_gb(m.forward_peak):>25}")
-    lines.append(f"  training, peak less the gradients{_gb(m.train_peak - m.grad_bytes):>19}")
+    lines.append(f"  forward with gradient, peak{_gb(forward_peak):>25}")
+    lines.append(f"  training, peak less the gradients{_gb(train_peak - m.grad_bytes):>19}")
     if plan.text_forward is not None:
         when = "at every step: text not cached" if not r.cache_text_embeddings else "while caching"
         lines.append(f"  text encoders' forward, batch {r.batch_size} ({when}){_gb(plan.text_forward):>12}")
