@@ -103,6 +103,13 @@ def test_planner_matches_a_real_cpu_step(family, use_peft, autocast):
     assert plan.state["master weights"] == sum(p.numel() * width for p in trainable)
     assert plan.state["AdamW states"] == states
     assert plan.state["gradients"] == measured.grad_bytes
+    ratios = {phase: plan.measured.saved[phase] / max(value, 1) for phase, value in measured.saved.items()}
+    ratios |= {"train peak": plan.measured.train_peak / measured.train_peak}
+    ratios |= {"rollout peak": plan.measured.rollout_peak / measured.rollout_peak}
+    print(
+        f"plan/real {family} peft={use_peft} autocast={autocast}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in ratios.items())
+    )
     for phase, value in measured.saved.items():
         assert plan.measured.saved[phase] == pytest.approx(value, rel=0.02), phase
     assert plan.measured.train_peak == pytest.approx(measured.train_peak, rel=0.02)
