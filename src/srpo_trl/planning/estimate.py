@@ -337,9 +337,9 @@ def run_step(
         grads,
         saved,
         graded_params,
-        forward_sharded,
-        train_sharded,
-        rollout_sharded,
+        forward_peak_sharded=forward_sharded,
+        train_peak_sharded=train_sharded,
+        rollout_peak_sharded=rollout_sharded,
     )
 
 
